@@ -1,0 +1,46 @@
+# The same commands for everyone: make run | test | lint | bench
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+
+.PHONY: run test lint bench system-deps clean
+
+# Debian's ffmpeg decodes uploads and provides the libraries torchcodec loads.
+system-deps:
+	@if ! command -v ffmpeg >/dev/null || ! command -v prlimit >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian's ffmpeg"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg util-linux >/dev/null; \
+	  else \
+	    echo "ffmpeg is missing: run 'sudo apt-get install ffmpeg' and then this command again" >&2; exit 1; \
+	  fi; \
+	fi
+
+$(VENV)/.runtime: requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "installing requirements.txt into $(VENV) (first time: a few minutes, about 8 GB)"
+	$(PIP) install -r requirements.txt
+	@touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
+	$(PIP) install -r requirements-dev.txt
+	@touch $@
+
+run: system-deps $(VENV)/.runtime
+	$(PY) run.py
+
+test: system-deps $(VENV)/.dev
+	$(PY) -m pytest
+
+lint: $(VENV)/.dev
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy services models
+
+bench: system-deps $(VENV)/.dev
+	$(PY) -m bench.run_bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

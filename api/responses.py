@@ -1,0 +1,172 @@
+"""Response models, the audio streaming response, and the one place errors become HTTP statuses."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
+
+from models.voice_storage import VoiceUnreadable
+from services import errors
+from services.latents import InvalidLatents
+from services.tts import AudioStream
+
+logger = logging.getLogger(__name__)
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its response was ready."""
+
+
+class ErrorBody(BaseModel):
+    """Every error the server answers with."""
+
+    error: str = Field(description="Machine-readable error code.", examples=["voice_not_found"])
+    message: str = Field(description="What went wrong, for people.", examples=["no saved voice 'x'"])
+    details: Any = Field(None, description="Extra facts: expected shapes, limits, the failing fields.")
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in {
+        400: "Bad input (language, text, voice id, audio).",
+        404: "Unknown voice, speaker or session.",
+        409: "Conflict (voice exists, session id taken or finished).",
+        422: "Request fails validation (fields, ranges, latent shapes).",
+        429: "Overloaded: retry after the Retry-After seconds.",
+        503: "Model loading or server shutting down.",
+    }.items()
+}
+
+_STATUS_BY_ERROR: list[tuple[type[Exception], int]] = [
+    (errors.InvalidInput, 400),
+    (errors.InvalidVoiceId, 400),
+    (errors.UnsupportedLanguage, 400),
+    (errors.InvalidAudio, 400),
+    (errors.VoiceNotFound, 404),
+    (errors.SessionNotFound, 404),
+    (errors.VoiceExists, 409),
+    (errors.SessionConflict, 409),
+    (errors.PayloadTooLarge, 413),
+    (errors.UnsupportedMediaType, 415),
+    (InvalidLatents, 422),
+    (errors.Overloaded, 429),
+    (VoiceUnreadable, 500),
+    (errors.NotReady, 503),
+]
+
+
+def _code(error: Exception) -> str:
+    name = type(error).__name__
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
+
+
+def error_response(status: int, code: str, message: str, details: Any = None, headers: dict | None = None) -> JSONResponse:
+    body = ErrorBody(error=code, message=message, details=details)
+    return JSONResponse(jsonable_encoder(body), status_code=status, headers=headers)
+
+
+def status_for(error: Exception) -> int:
+    for error_type, status in _STATUS_BY_ERROR:
+        if isinstance(error, error_type):
+            return status
+    return 500
+
+
+def register_exception_handlers(app: FastAPI) -> None:
+    """Map domain errors, validation errors and stray HTTP errors to one JSON shape."""
+
+    @app.exception_handler(errors.ServiceError)
+    async def service_error(request: Request, error: errors.ServiceError) -> JSONResponse:
+        status = status_for(error)
+        headers = None
+        if isinstance(error, errors.Overloaded):
+            headers = {"Retry-After": str(error.retry_after_s)}
+        elif isinstance(error, errors.NotReady):
+            headers = {"Retry-After": "5"}
+        if status >= 500:
+            logger.error("%s %s: %s", request.method, request.url.path, error.message)
+        return error_response(status, _code(error), error.message, error.details or None, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = [
+            {"field": ".".join(str(part) for part in problem["loc"][1:]) or "body", "message": problem["msg"],
+             "type": problem["type"]}
+            for problem in error.errors()
+        ]
+        message = "; ".join(f"{problem['field']}: {problem['message']}" for problem in problems[:5])
+        return error_response(422, "validation_error", message, problems)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+        return error_response(error.status_code, code, str(error.detail), headers=getattr(error, "headers", None))
+
+    @app.exception_handler(ClientDisconnected)
+    async def client_gone(request: Request, error: ClientDisconnected) -> Response:
+        return Response(status_code=499)  # nginx's "client closed request": nobody reads it
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        logger.exception("%s %s failed", request.method, request.url.path)
+        return error_response(500, "internal_error", "internal server error; the server log has the details")
+
+
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class AudioStreamResponse(Response):
+    """Sends an AudioStream as it is generated; stops generation when the client disconnects.
+
+    Unlike Starlette's StreamingResponse it always closes the stream (freeing its slot) even if the
+    body never started, and it watches for http.disconnect itself whatever the ASGI spec version.
+    """
+
+    def __init__(self, stream: AudioStream, prefix: bytes, media_type: str, headers: dict[str, str]) -> None:
+        super().__init__(content=b"", media_type=media_type, headers={**STREAM_HEADERS, **headers})
+        del self.headers["content-length"]
+        self.stream = stream
+        self.prefix = prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        session = self.stream.session
+        failure: BaseException | None = None
+        try:
+            async with anyio.create_task_group() as group:
+
+                async def watch_disconnect() -> None:
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
+                    session.error = session.error or "client disconnected"
+                    session.cancel_event.set()
+                    group.cancel_scope.cancel()
+
+                group.start_soon(watch_disconnect)
+                await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+                if self.prefix:
+                    await self._send(send, self.prefix)
+                async for chunk in self.stream:
+                    await self._send(send, chunk)
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                group.cancel_scope.cancel()
+        except Exception as error:  # model failure or a broken connection after the 200 went out
+            failure = error
+            logger.error("session %s: stream ended early: %s: %s", session.id, type(error).__name__, error)
+        finally:
+            await self.stream.close(failure)
+
+    async def _send(self, send: Send, chunk: bytes) -> None:
+        started = time.perf_counter()
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        self.stream.session.bytes_sent += len(chunk)
+        self.stream.session.add_timing("send", time.perf_counter() - started)

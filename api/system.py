@@ -1,0 +1,84 @@
+"""Server facts: languages, speakers, health and readiness."""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from api.deps import EngineDep, GateDep
+
+router = APIRouter(tags=["server"])
+
+
+class ModelInfo(BaseModel):
+    source: str | None = Field(description="dummy:tiny, dummy:full, custom:PATH or coqui:MODEL_NAME.")
+    dummy: bool = Field(description="Random weights: the audio is noise, not speech.")
+    device: str | None
+    load_seconds: float | None
+
+
+class LoadInfo(BaseModel):
+    in_flight: int = Field(description="Requests admitted and not yet finished.")
+    queued: int = Field(description="Requests waiting for a slot.")
+    capacity: int = Field(description="MAX_CONCURRENT_REQUESTS.")
+    max_queue: int = Field(description="MAX_QUEUE_SIZE.")
+
+
+class Health(BaseModel):
+    status: Literal["loading", "ready", "draining", "failed"]
+    model: ModelInfo
+    uptime_s: float
+    requests: LoadInfo
+    warning: str | None = Field(None, description="Set when the model makes noise rather than speech.")
+
+
+@router.get("/health", response_model=Health, summary="Liveness and load (always 200 while the process runs)")
+async def health(request: Request, gate: GateDep) -> Health:
+    state = request.app.state
+    engine = getattr(state, "engine", None)
+    loaded = engine.loaded if engine is not None else None
+    dummy = bool(state.settings.DUMMY_MODEL)
+    return Health(
+        status=state.status,
+        model=ModelInfo(
+            source=loaded.source if loaded else None,
+            dummy=dummy,
+            device=str(loaded.device) if loaded else None,
+            load_seconds=round(loaded.load_seconds, 3) if loaded else None,
+        ),
+        uptime_s=round(time.time() - state.started_at, 3),
+        requests=LoadInfo(in_flight=gate.in_flight, queued=gate.queued, capacity=gate.capacity, max_queue=gate.max_queue),
+        warning="DUMMY_MODEL is set: random weights, the audio is noise, not speech" if dummy else None,
+    )
+
+
+@router.get(
+    "/ready",
+    summary="Readiness: 200 when requests can be served, 503 while loading or draining",
+    responses={503: {"description": "Not ready."}},
+)
+async def ready(request: Request) -> JSONResponse:
+    status = request.app.state.status
+    return JSONResponse({"ready": status == "ready", "status": status}, status_code=200 if status == "ready" else 503)
+
+
+@router.get("/languages", response_model=list[str], summary="Languages the model speaks")
+async def languages(engine: EngineDep) -> list[str]:
+    return engine.languages
+
+
+@router.get("/available_speakers", response_model=list[str], summary="Built-in speakers of the checkpoint")
+async def available_speakers(engine: EngineDep) -> list[str]:
+    return sorted(engine.builtin_speakers)
+
+
+@router.get(
+    "/studio_speakers",
+    summary="Built-in speakers with their latents (coqui xtts-streaming-server compatible)",
+)
+async def studio_speakers(engine: EngineDep) -> dict[str, dict[str, list]]:
+    return {name: latents.as_lists() for name, latents in engine.builtin_speakers.items()}

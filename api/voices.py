@@ -1,0 +1,132 @@
+"""Voice endpoints: cloning, saved voices and the latent cache."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Form, UploadFile
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field, ValidationError
+
+from api.deps import CacheDep, EngineDep, VoicesDep
+from api.responses import ERROR_RESPONSES
+from models.inputs import CloneOptions, SaveVoiceRequest
+from models.voice_storage import VoiceRecord, check_voice_id
+from services.cloning import CloneSettings
+from services.latents import normalize_latents
+
+router = APIRouter(tags=["voices"])
+
+
+class Latents(BaseModel):
+    gpt_cond_latent: list[list[float]] = Field(description="32 x 1024 floats.")
+    speaker_embedding: list[float] = Field(description="512 floats.")
+
+
+class SavedVoiceOut(BaseModel):
+    voice_id: str
+    name: str
+    description: str
+    created_at: str
+    size_bytes: int
+
+
+class SavedVoiceWithLatents(SavedVoiceOut, Latents):
+    pass
+
+
+class CacheStatsOut(BaseModel):
+    size: int
+    max_size: int
+    ttl_s: float
+    hits: int
+    misses: int
+    evictions: int
+    hit_rate: float
+
+
+def _out(record: VoiceRecord) -> SavedVoiceOut:
+    return SavedVoiceOut(**record.__dict__)
+
+
+def _parse_options(raw: str | None) -> CloneOptions:
+    try:
+        return CloneOptions.model_validate_json(raw or "{}")
+    except ValidationError as error:
+        raise RequestValidationError(
+            [{**problem, "loc": ("body", "options", *problem["loc"])} for problem in error.errors()]
+        ) from None
+
+
+@router.post(
+    "/clone_speaker",
+    response_model=Latents | SavedVoiceOut,
+    responses={413: {"description": "Upload over MAX_UPLOAD_MB."}, 415: {"description": "Not audio."},
+               **ERROR_RESPONSES},
+)
+async def clone_speaker(
+    voices: VoicesDep,
+    wav_file: Annotated[list[UploadFile], Form(description="Reference clips (WAV, FLAC, MP3, OGG/Opus, M4A, WebM); several make one voice.")],
+    options: Annotated[str | None, Form(description='JSON, e.g. {"response_format": "save", "save_id": "my-voice", "name": "My voice"}')] = None,
+) -> Latents | SavedVoiceOut:
+    """Clone a voice from reference audio: return its latents (coqui's form) or save it."""
+    settings = _parse_options(options)
+    if settings.save_id is not None:
+        check_voice_id(settings.save_id)
+    uploads = [(upload.filename or f"file{index}", await upload.read()) for index, upload in enumerate(wav_file)]
+    latents = await voices.clone(
+        uploads,
+        CloneSettings(
+            gpt_cond_len=settings.gpt_cond_len,
+            gpt_cond_chunk_len=settings.gpt_cond_chunk_len,
+            max_ref_length=settings.max_ref_length,
+            sound_norm_refs=settings.sound_norm_refs,
+            librosa_trim_db=settings.librosa_trim_db,
+        ),
+    )
+    if settings.response_format == "latents":
+        return Latents(**latents.as_lists())
+    assert settings.save_id is not None
+    record = await voices.save(
+        settings.save_id, latents, settings.name or settings.save_id, settings.description, settings.overwrite
+    )
+    return _out(record)
+
+
+@router.post("/save_voice/{voice_id}", response_model=SavedVoiceOut, status_code=201, responses=ERROR_RESPONSES)
+async def save_voice(voice_id: str, body: SaveVoiceRequest, voices: VoicesDep, engine: EngineDep) -> SavedVoiceOut:
+    """Save latents under an id; 409 if it exists unless `overwrite` is true."""
+    check_voice_id(voice_id)
+    latents = normalize_latents(body.gpt_cond_latent, body.speaker_embedding, engine.latent_dim, engine.embedding_dim)
+    return _out(await voices.save(voice_id, latents, body.name or voice_id, body.description, body.overwrite))
+
+
+@router.get("/saved_voices", response_model=list[SavedVoiceOut])
+async def saved_voices(voices: VoicesDep) -> list[SavedVoiceOut]:
+    """Every saved voice, oldest first."""
+    return [_out(record) for record in await voices.list()]
+
+
+@router.get("/saved_voices/{voice_id}", response_model=SavedVoiceWithLatents, responses=ERROR_RESPONSES)
+async def saved_voice(voice_id: str, voices: VoicesDep) -> SavedVoiceWithLatents:
+    """One saved voice with its latents."""
+    saved = await voices.get(voice_id)
+    return SavedVoiceWithLatents(**saved.record.__dict__, **saved.latents.as_lists())
+
+
+@router.delete("/saved_voices/{voice_id}", responses=ERROR_RESPONSES)
+async def delete_voice(voice_id: str, voices: VoicesDep) -> dict[str, str]:
+    """Delete a saved voice (and drop it from the cache)."""
+    await voices.delete(voice_id)
+    return {"deleted": voice_id}
+
+
+@router.get("/cache/stats", response_model=CacheStatsOut, tags=["cache"])
+async def cache_stats(cache: CacheDep) -> CacheStatsOut:
+    stats = cache.stats()
+    return CacheStatsOut(**stats.__dict__, hit_rate=round(stats.hit_rate, 4))
+
+
+@router.post("/cache/clear", tags=["cache"])
+async def cache_clear(cache: CacheDep) -> dict[str, int]:
+    return {"cleared": cache.clear()}

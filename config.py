@@ -1,0 +1,92 @@
+"""Server settings, read once from environment variables (and an optional .env file)."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _cpu_count() -> int:
+    # sched_getaffinity respects container CPU pinning, unlike os.cpu_count().
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class Settings(BaseSettings):
+    """Every setting of the server; field names are the environment variables."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=True)
+
+    HOST: str = "0.0.0.0"
+    """Interface uvicorn binds to."""
+    PORT: int = Field(8000, ge=1, le=65535)
+    """TCP port uvicorn listens on."""
+    DEBUG: bool = False
+    """Debug logging, including per-chunk timings."""
+    NUM_THREADS: int = Field(default_factory=_cpu_count, ge=1, le=1024)
+    """Threads torch may use for one generation (defaults to the CPU cores this process may run on)."""
+    MAX_CONCURRENT_REQUESTS: int = Field(10, ge=1, le=1000)
+    """Synthesis requests admitted at once; the model still runs one generation step at a time."""
+    MAX_QUEUE_SIZE: int = Field(32, ge=0, le=10000)
+    """Requests that may wait for a slot once all are taken; more get 429."""
+    QUEUE_TIMEOUT: float = Field(30.0, gt=0, le=3600)
+    """Seconds a request may wait in the queue before it gets 429."""
+    SHUTDOWN_TIMEOUT: float = Field(30.0, ge=0, le=3600)
+    """Seconds running streams may take to finish on SIGTERM before they are cancelled."""
+    CUSTOM_MODEL_PATH: Path | None = None
+    """XTTS checkpoint directory (config.json, model.pth, vocab.json, optional speakers_xtts.pth)."""
+    USE_CPU: bool = False
+    """Run on the CPU even when a GPU is present."""
+    DUMMY_MODEL: Literal["tiny", "full"] | None = None
+    """Random-weight XTTS for tests (tiny) or benchmarks (full): it makes noise, not speech."""
+    SPEAKER_CACHE_TTL: float = Field(3600.0, gt=0)
+    """Seconds a voice's latents stay in the in-memory cache after their last load."""
+    SPEAKER_CACHE_MAX_SIZE: int = Field(100, ge=1, le=100000)
+    """Voices whose latents the cache holds at most (least recently used go first)."""
+    PRELOAD_VOICES: str = ""
+    """Comma-separated saved voices or built-in speakers to load into the cache at start."""
+    VOICES_DIR: Path = Path("./saved_voices")
+    """Folder where saved voices are kept (one .safetensors file per voice)."""
+    MAX_TEXT_LENGTH: int = Field(5000, ge=1, le=1_000_000)
+    """Characters one request's text may have."""
+    MAX_UPLOAD_MB: float = Field(20.0, gt=0, le=1024)
+    """Megabytes a cloning upload may have, all files together."""
+    STREAM_FIRST_CHUNK_TOKENS: int = Field(4, ge=1, le=200)
+    """GPT tokens in the first streamed chunk of a sentence; later chunks double up to stream_chunk_size."""
+    SESSION_HISTORY_SIZE: int = Field(1000, ge=1, le=1_000_000)
+    """Finished stream sessions kept for /stream_status."""
+    SESSION_HISTORY_TTL: float = Field(3600.0, gt=0)
+    """Seconds a finished stream session stays visible in /stream_status."""
+
+    @field_validator("CUSTOM_MODEL_PATH", "DUMMY_MODEL", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @property
+    def preload_voice_ids(self) -> list[str]:
+        """PRELOAD_VOICES as a list, blanks dropped."""
+        return [name.strip() for name in self.PRELOAD_VOICES.split(",") if name.strip()]
+
+
+def describe_settings_error(error: ValidationError) -> str:
+    """One line naming each bad variable, for a start-up failure."""
+    parts = []
+    for problem in error.errors():
+        name = ".".join(str(part) for part in problem["loc"]) or "settings"
+        given = problem.get("input")
+        parts.append(f"{name}={given!r}: {problem['msg']}")
+    return "Invalid configuration: " + "; ".join(parts)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return Settings()

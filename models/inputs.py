@@ -1,0 +1,141 @@
+"""Request models: every field documented for Swagger, every check that needs no model done here."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+# XTTS v2's languages; a custom checkpoint may speak fewer (the engine checks that).
+XTTS_LANGUAGES = ["en", "es", "fr", "de", "it", "pt", "pl", "tr", "ru", "nl", "cs", "ar", "zh-cn", "hu", "ko", "ja", "hi"]
+_LANGUAGE_ALIASES = {"zh": "zh-cn", "zh-hans": "zh-cn", "zh_cn": "zh-cn"}
+ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+def _normalise_language(value: str) -> str:
+    code = value.strip().lower()
+    code = _LANGUAGE_ALIASES.get(code, code)
+    if code not in XTTS_LANGUAGES:
+        raise ValueError(f"unsupported language {value!r}; supported: {', '.join(XTTS_LANGUAGES)}")
+    return code
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("text is empty")
+    return value
+
+
+Language = Annotated[
+    str,
+    AfterValidator(_normalise_language),
+    Field(description="Language of the text (ISO code; `zh` means `zh-cn`).", examples=["en"],
+          json_schema_extra={"enum": XTTS_LANGUAGES}),
+]
+
+
+class GenerationOptions(BaseModel):
+    """How XTTS samples and paces speech; defaults are XTTS v2's published config."""
+
+    temperature: float = Field(0.75, gt=0, le=5, description="Softmax temperature of the GPT; higher varies more.")
+    top_p: float = Field(0.85, gt=0, le=1, description="Nucleus sampling: keep the most likely tokens up to this mass.")
+    top_k: int = Field(50, ge=0, le=1024, description="Sample among the k most likely tokens (0 turns it off).")
+    repetition_penalty: float = Field(5.0, ge=1, le=50, description="Penalty on audio tokens already generated.")
+    length_penalty: float = Field(
+        1.0, ge=-10, le=10, description="Accepted for compatibility; XTTS only uses it in beam search, which streaming does not do."
+    )
+    speed: float = Field(1.0, ge=0.25, le=4.0, description="Speaking rate; 1.0 is the voice's own pace.")
+    stream_chunk_size: int = Field(
+        20, ge=1, le=400,
+        description="Largest chunk in GPT tokens (about 46 ms of audio each). Chunks start short for a fast "
+        "first sound and double up to this.",
+    )
+    enable_text_splitting: bool = Field(
+        True, description="Split long text into sentences within XTTS's per-language limits."
+    )
+    seed: int | None = Field(
+        None, ge=0, le=2**63 - 1, description="Seed for reproducible sampling; the one used is in X-Seed."
+    )
+
+
+class SpeechRequest(GenerationOptions):
+    """Text to speak and whose voice: a `speaker_id`, or explicit latents as coqui's xtts-streaming-server sends."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"text": "Hello world.", "language": "en", "speaker_id": "my-voice"}]}
+    )
+
+    text: Annotated[str, AfterValidator(_not_blank)] = Field(
+        description="Text to speak (at most MAX_TEXT_LENGTH characters).", examples=["Hello world."]
+    )
+    language: Language
+    speaker_id: str | None = Field(
+        None, min_length=1, max_length=256,
+        description="A saved voice id or a built-in speaker name (see /saved_voices and /available_speakers).",
+    )
+    gpt_cond_latent: list[list[float]] | list[float] | None = Field(
+        None, description="GPT conditioning latents, 32 x 1024 floats (coqui's /clone_speaker output)."
+    )
+    speaker_embedding: list[float] | list[list[float]] | None = Field(
+        None, description="Speaker embedding, 512 floats (coqui's /clone_speaker output)."
+    )
+    add_wav_header: bool = Field(
+        True, description="/tts_stream only: start with a WAV header; false sends bare 16-bit PCM."
+    )
+    session_id: str | None = Field(
+        None, pattern=ID_PATTERN,
+        description="/tts_stream only: propose the stream's session id (else one is made); a duplicate is 409.",
+    )
+
+    @model_validator(mode="after")
+    def _one_voice(self) -> SpeechRequest:
+        has_latents = self.gpt_cond_latent is not None or self.speaker_embedding is not None
+        if self.speaker_id is not None and has_latents:
+            raise ValueError("give either speaker_id or gpt_cond_latent with speaker_embedding, not both")
+        if self.speaker_id is None and (self.gpt_cond_latent is None or self.speaker_embedding is None):
+            raise ValueError("give speaker_id, or both gpt_cond_latent and speaker_embedding")
+        return self
+
+    def generation_options(self) -> dict[str, Any]:
+        return self.model_dump(include=set(GenerationOptions.model_fields))
+
+
+class CloneOptions(BaseModel):
+    """The `options` form field of /clone_speaker, as JSON."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    response_format: Literal["latents", "save"] = Field(
+        "latents", description="`latents` returns {gpt_cond_latent, speaker_embedding}; `save` stores the voice."
+    )
+    save_id: str | None = Field(None, description="Id to save under (required with `save`); ^[A-Za-z0-9_-]{1,64}$.")
+    name: str | None = Field(None, max_length=200, description="Display name (defaults to save_id).")
+    description: str = Field("", max_length=2000)
+    overwrite: bool = Field(False, description="Replace a saved voice with the same id instead of answering 409.")
+    gpt_cond_len: int = Field(6, ge=1, le=60, description="Seconds of audio used for the GPT conditioning latents.")
+    gpt_cond_chunk_len: int = Field(6, ge=1, le=60, description="Chunk seconds averaged for the GPT latents.")
+    max_ref_length: int = Field(30, ge=1, le=120, description="Seconds of each file decoded and used.")
+    sound_norm_refs: bool = Field(False, description="Normalise each reference's loudness first.")
+    librosa_trim_db: float | None = Field(None, gt=0, le=120, description="Trim silence quieter than this (dB).")
+
+    @model_validator(mode="after")
+    def _save_needs_id(self) -> CloneOptions:
+        if self.response_format == "save" and not self.save_id:
+            raise ValueError("response_format 'save' needs a save_id")
+        if self.gpt_cond_chunk_len > self.gpt_cond_len:
+            raise ValueError("gpt_cond_chunk_len must not exceed gpt_cond_len")
+        return self
+
+
+class SaveVoiceRequest(BaseModel):
+    """A voice to save from latents (what /clone_speaker returned, or latents from coqui's server)."""
+
+    gpt_cond_latent: list[list[float]] | list[float] | list[list[list[float]]] = Field(
+        description="32 x 1024 floats, squeezed or not."
+    )
+    speaker_embedding: list[float] | list[list[float]] | list[list[list[float]]] = Field(
+        description="512 floats, squeezed or not."
+    )
+    name: str | None = Field(None, max_length=200)
+    description: str = Field("", max_length=2000)
+    overwrite: bool = Field(False, description="Replace an existing voice with this id instead of answering 409.")

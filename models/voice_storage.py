@@ -1,0 +1,179 @@
+"""Saved voices on disk: one safetensors file per voice in VOICES_DIR, written atomically.
+
+safetensors holds raw tensors plus string metadata and runs no code on load, so a planted or
+tampered file can at worst fail to load. This module is the only code that touches VOICES_DIR.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
+
+from models.inputs import ID_PATTERN
+from services.errors import InvalidVoiceId, ServiceError, VoiceExists, VoiceNotFound
+from services.latents import InvalidLatents, VoiceLatents, normalize_latents
+
+logger = logging.getLogger(__name__)
+
+_ID_RE = re.compile(ID_PATTERN)
+_SUFFIX = ".safetensors"
+_TEMP_PREFIX = ".tmp-"
+FORMAT_VERSION = "1"
+
+
+class VoiceUnreadable(ServiceError):
+    """A file in VOICES_DIR is not a readable voice (500: the server's data, not the request, is bad)."""
+
+
+@dataclass(frozen=True)
+class VoiceRecord:
+    """A saved voice's metadata, as listed."""
+
+    voice_id: str
+    name: str
+    description: str
+    created_at: str
+    size_bytes: int
+
+
+def check_voice_id(voice_id: str) -> str:
+    """Reject anything but ^[A-Za-z0-9_-]{1,64}$ before any path is built from it."""
+    if not isinstance(voice_id, str) or not _ID_RE.fullmatch(voice_id):
+        raise InvalidVoiceId(
+            "voice id must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-'", pattern=ID_PATTERN
+        )
+    return voice_id
+
+
+class VoiceStore:
+    """Saved voices in one folder. Blocking file I/O: call it from a worker thread."""
+
+    def __init__(self, root: Path, latent_dim: int, embedding_dim: int) -> None:
+        self.root = root
+        self.latent_dim = latent_dim
+        self.embedding_dim = embedding_dim
+        root.mkdir(parents=True, exist_ok=True)
+
+    def remove_leftovers(self) -> int:
+        """Delete temporary files a crash left behind mid-write; returns how many."""
+        removed = 0
+        for leftover in self.root.glob(f"{_TEMP_PREFIX}*"):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+                removed += 1
+        return removed
+
+    def _path(self, voice_id: str) -> Path:
+        return self.root / f"{check_voice_id(voice_id)}{_SUFFIX}"
+
+    def exists(self, voice_id: str) -> bool:
+        return self._path(voice_id).is_file()
+
+    def save(
+        self, voice_id: str, latents: VoiceLatents, name: str, description: str, overwrite: bool
+    ) -> VoiceRecord:
+        """Write a voice: temporary file in the same folder, fsync, then rename (or link, to refuse overwrites)."""
+        path = self._path(voice_id)
+        if not overwrite and path.exists():
+            raise VoiceExists(f"voice {voice_id!r} already exists; set overwrite to replace it", voice_id=voice_id)
+        metadata = {
+            "format_version": FORMAT_VERSION,
+            "voice_id": voice_id,
+            "name": name,
+            "description": description,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        payload = save(
+            {
+                "gpt_cond_latent": latents.gpt_cond_latent.detach().float().cpu().contiguous(),
+                "speaker_embedding": latents.speaker_embedding.detach().float().cpu().contiguous(),
+            },
+            metadata=metadata,
+        )
+        descriptor, temp_name = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=_SUFFIX, dir=self.root)
+        try:
+            with os.fdopen(descriptor, "wb") as handle:
+                handle.write(payload)
+                handle.flush()
+                os.fsync(handle.fileno())
+            if overwrite:
+                os.replace(temp_name, path)
+            else:
+                try:
+                    os.link(temp_name, path)  # fails if another save got there first
+                except FileExistsError:
+                    raise VoiceExists(f"voice {voice_id!r} already exists", voice_id=voice_id) from None
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp_name)
+        self._sync_folder()
+        return self._record(voice_id, path, metadata)
+
+    def _sync_folder(self) -> None:
+        folder = os.open(self.root, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+    def load(self, voice_id: str) -> tuple[VoiceRecord, VoiceLatents]:
+        """A voice's record and latents in model shapes (whatever shapes the file holds)."""
+        path = self._path(voice_id)
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+                cond = handle.get_tensor("gpt_cond_latent")
+                embedding = handle.get_tensor("speaker_embedding")
+        except FileNotFoundError:
+            raise VoiceNotFound(f"no saved voice {voice_id!r}", voice_id=voice_id) from None
+        except (SafetensorError, OSError, KeyError, ValueError) as error:
+            raise VoiceUnreadable(f"saved voice {voice_id!r} is unreadable: {error}", voice_id=voice_id) from error
+        try:
+            latents = normalize_latents(cond, embedding, self.latent_dim, self.embedding_dim)
+        except InvalidLatents as error:
+            raise VoiceUnreadable(f"saved voice {voice_id!r} does not fit this model: {error}") from error
+        return self._record(voice_id, path, metadata), latents
+
+    def list(self) -> list[VoiceRecord]:
+        """Every readable voice, oldest first; unreadable files are logged and skipped."""
+        records = []
+        for path in self.root.glob(f"*{_SUFFIX}"):
+            voice_id = path.name[: -len(_SUFFIX)]
+            if path.name.startswith(_TEMP_PREFIX) or not _ID_RE.fullmatch(voice_id):
+                continue
+            try:
+                with safe_open(str(path), framework="pt") as handle:
+                    metadata = handle.metadata() or {}
+            except (SafetensorError, OSError) as error:
+                logger.warning("skipping unreadable voice file %s: %s", path.name, error)
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                records.append(self._record(voice_id, path, metadata))
+        return sorted(records, key=lambda record: (record.created_at, record.voice_id))
+
+    def delete(self, voice_id: str) -> None:
+        try:
+            self._path(voice_id).unlink()
+        except FileNotFoundError:
+            raise VoiceNotFound(f"no saved voice {voice_id!r}", voice_id=voice_id) from None
+        self._sync_folder()
+
+    @staticmethod
+    def _record(voice_id: str, path: Path, metadata: dict[str, str]) -> VoiceRecord:
+        return VoiceRecord(
+            voice_id=voice_id,
+            name=metadata.get("name", voice_id),
+            description=metadata.get("description", ""),
+            created_at=metadata.get("created_at", ""),
+            size_bytes=path.stat().st_size,
+        )
+

@@ -1,0 +1,118 @@
+"""XTTS's autoregressive GPT, stepped one audio token at a time with all state kept per call.
+
+coqui's `GPT.get_generator` parks the prompt on the model (`store_prefix_emb`) and runs HF's generate
+loop; this loop keeps the prompt and KV cache local, samples with a per-request `torch.Generator`
+(so a seed reproduces a stream whatever else runs), and applies the same logits processors in the
+same order as `transformers`' sampling, so with the same random state it picks the same tokens.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    MinNewTokensLengthLogitsProcessor,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+from TTS.tts.layers.xtts.gpt import GPT
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """XTTS's sampling knobs (defaults as coqui's `Xtts.inference_stream`)."""
+
+    temperature: float = 0.75
+    top_p: float = 0.85
+    top_k: int = 50
+    repetition_penalty: float = 10.0
+    # Benchmarks pin the token count: random weights rarely sample the stop token.
+    min_new_tokens: int = 0
+    max_new_tokens: int | None = None
+
+
+@dataclass
+class StepTimings:
+    """Seconds spent in each stage of a generation, summed over its sentences."""
+
+    prefill_s: float = 0.0
+    gpt_steps_s: float = 0.0
+    vocoder_s: float = 0.0
+    tokens: int = 0
+
+
+def _processors(gpt: GPT, settings: SamplingSettings, prompt_length: int) -> LogitsProcessorList:
+    processors = LogitsProcessorList()
+    if settings.min_new_tokens > 0:
+        processors.append(
+            MinNewTokensLengthLogitsProcessor(prompt_length, settings.min_new_tokens, gpt.stop_audio_token)
+        )
+    if settings.repetition_penalty != 1.0:
+        processors.append(RepetitionPenaltyLogitsProcessor(settings.repetition_penalty))
+    if settings.temperature != 1.0:
+        processors.append(TemperatureLogitsWarper(settings.temperature))
+    if settings.top_k:
+        processors.append(TopKLogitsWarper(settings.top_k, min_tokens_to_keep=1))
+    if settings.top_p < 1.0:
+        processors.append(TopPLogitsWarper(settings.top_p, min_tokens_to_keep=1))
+    return processors
+
+
+def max_new_tokens(gpt: GPT) -> int:
+    """The most audio tokens one sentence may get, as coqui's generate bounds it."""
+    return int(gpt.max_gen_mel_tokens)
+
+
+def sample_audio_latents(
+    gpt: GPT,
+    cond_latent: torch.Tensor,
+    text_tokens: torch.Tensor,
+    settings: SamplingSettings,
+    generator: torch.Generator | None,
+    timings: StepTimings,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield (audio token, GPT latent [1, C]) per step until the stop token or the length limit.
+
+    The latent yielded with a token is the normed hidden state of the position that predicted it,
+    as coqui's `sample_stream` yields, i.e. the latent of the previous token.
+    """
+    started = time.perf_counter()
+    text = F.pad(text_tokens, (0, 1), value=gpt.stop_text_token)
+    text = F.pad(text, (1, 0), value=gpt.start_text_token)
+    prefix = torch.cat([cond_latent, gpt.text_embedding(text) + gpt.text_pos_embedding(text)], dim=1)
+    start = torch.full((1, 1), gpt.start_audio_token, dtype=torch.long, device=text.device)
+    start_emb = gpt.mel_embedding(start) + gpt.mel_pos_embedding(start)
+    # transformers' processors look at the ids so far: coqui feeds placeholder ids for the prefix.
+    input_ids = torch.ones((1, prefix.shape[1] + 1), dtype=torch.long, device=text.device)
+    input_ids[:, -1] = gpt.start_audio_token
+    processors = _processors(gpt, settings, input_ids.shape[1])
+    limit = min(settings.max_new_tokens or max_new_tokens(gpt), max_new_tokens(gpt))
+
+    cache = DynamicCache()
+    hidden = gpt.gpt(inputs_embeds=torch.cat([prefix, start_emb], dim=1), past_key_values=cache, use_cache=True)
+    latent = gpt.final_norm(hidden.last_hidden_state[:, -1])
+    timings.prefill_s += time.perf_counter() - started
+
+    for step in range(limit):
+        step_started = time.perf_counter()
+        scores = processors(input_ids, gpt.mel_head(latent).float())
+        token = torch.multinomial(F.softmax(scores, dim=-1), num_samples=1, generator=generator)
+        timings.gpt_steps_s += time.perf_counter() - step_started
+        timings.tokens += 1
+        yield int(token), latent
+        if int(token) == gpt.stop_audio_token or step + 1 == limit:
+            return
+        step_started = time.perf_counter()
+        input_ids = torch.cat([input_ids, token], dim=1)
+        embedding = gpt.mel_embedding(token) + gpt.mel_pos_embedding.get_fixed_embedding(step + 1, token.device)
+        hidden = gpt.gpt(inputs_embeds=embedding, past_key_values=cache, use_cache=True)
+        latent = gpt.final_norm(hidden.last_hidden_state[:, -1])
+        timings.gpt_steps_s += time.perf_counter() - step_started

@@ -1,0 +1,100 @@
+"""Where the one XTTS model comes from: a checkpoint folder, coqui's model manager, or a dummy."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from TTS.tts.configs.xtts_config import XttsConfig
+from TTS.tts.models.xtts import Xtts
+
+from config import Settings
+from services.errors import ModelUnavailable
+from services.vocoder import fold_weight_norm
+
+logger = logging.getLogger(__name__)
+
+XTTS_V2_NAME = "tts_models/multilingual/multi-dataset/xtts_v2"
+WAYS_OUT = (
+    "set CUSTOM_MODEL_PATH to an XTTS checkpoint folder (config.json, model.pth, vocab.json), "
+    "or set COQUI_TOS_AGREED=1 to accept the Coqui Public Model License (https://coqui.ai/cpml) and let "
+    "coqui-tts download XTTS v2 (needs network), or set DUMMY_MODEL=tiny|full for random weights (noise, not speech)"
+)
+
+
+@dataclass
+class LoadedModel:
+    """The model and what /health reports about it."""
+
+    model: Xtts
+    source: str
+    dummy: bool
+    device: torch.device
+    load_seconds: float
+
+
+def pick_device(use_cpu: bool) -> torch.device:
+    """The GPU when there is one and USE_CPU is off, else the CPU."""
+    if not use_cpu and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _load_checkpoint_dir(checkpoint_dir: Path) -> Xtts:
+    missing = [name for name in ("config.json", "model.pth", "vocab.json") if not (checkpoint_dir / name).is_file()]
+    if missing:
+        raise ModelUnavailable(f"CUSTOM_MODEL_PATH={checkpoint_dir} lacks {', '.join(missing)}; {WAYS_OUT}")
+    config = XttsConfig()
+    config.load_json(str(checkpoint_dir / "config.json"))
+    model = Xtts.init_from_config(config)
+    model.load_checkpoint(config, checkpoint_dir=str(checkpoint_dir), eval=True)
+    return model
+
+
+def _download_v2() -> Path:
+    from TTS.utils.manage import ModelManager
+
+    manager = ModelManager(progress_bar=False)
+    agreed_file = manager.output_prefix / XTTS_V2_NAME.replace("/", "--") / "tos_agreed.txt"
+    if os.environ.get("COQUI_TOS_AGREED") != "1" and not agreed_file.exists():
+        raise ModelUnavailable(f"XTTS v2's licence has not been agreed to; {WAYS_OUT}")
+    try:
+        model_path, _config_path, _item = manager.download_model(XTTS_V2_NAME)
+    except Exception as error:  # network, hub or disk: all mean "no model", said once
+        raise ModelUnavailable(f"could not download XTTS v2 ({error.__class__.__name__}: {error}); {WAYS_OUT}") from error
+    return model_path if model_path.is_dir() else model_path.parent
+
+
+def load_model(settings: Settings) -> LoadedModel:
+    """Load the configured model on its device, ready for inference. Raises ModelUnavailable."""
+    started = time.perf_counter()
+    torch.set_num_threads(settings.NUM_THREADS)
+    device = pick_device(settings.USE_CPU)
+    if settings.DUMMY_MODEL:
+        from services.dummy_model import build_dummy_xtts
+
+        model = build_dummy_xtts(settings.DUMMY_MODEL, Path(tempfile.gettempdir()) / "xtts-dummy")
+        source = f"dummy:{settings.DUMMY_MODEL}"
+    elif settings.CUSTOM_MODEL_PATH is not None:
+        model = _load_checkpoint_dir(settings.CUSTOM_MODEL_PATH)
+        source = f"custom:{settings.CUSTOM_MODEL_PATH}"
+    else:
+        checkpoint_dir = _download_v2()
+        model = _load_checkpoint_dir(checkpoint_dir)
+        source = f"coqui:{XTTS_V2_NAME}"
+    folded = fold_weight_norm(model.hifigan_decoder)
+    model.to(device)
+    model.eval()
+    logger.info("folded weight norm into %d vocoder layers", folded)
+    return LoadedModel(
+        model=model,
+        source=source,
+        dummy=bool(settings.DUMMY_MODEL),
+        device=device,
+        load_seconds=time.perf_counter() - started,
+    )

@@ -1,0 +1,103 @@
+"""Stream sessions: what /stream_status reports and /stream_cancel acts on."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from enum import Enum
+
+from cachetools import TTLCache
+
+from services.errors import SessionConflict, SessionNotFound
+
+
+class StreamState(str, Enum):
+    """Where a stream is in its life."""
+
+    QUEUED = "queued"
+    GENERATING = "generating"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+FINISHED_STATES = {StreamState.COMPLETED, StreamState.CANCELLED, StreamState.FAILED}
+
+
+@dataclass
+class StreamSession:
+    """One /tts_stream or /tts request's progress; counters are written by the event loop only."""
+
+    id: str
+    voice: str
+    language: str
+    characters: int
+    created_at: float = field(default_factory=time.time)
+    state: StreamState = StreamState.QUEUED
+    chunks_total: int = 0
+    chunks_done: int = 0
+    audio_seconds: float = 0.0
+    bytes_sent: int = 0
+    started_at: float | None = None
+    first_audio_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+    timings_s: dict[str, float] = field(default_factory=dict)
+    # Set to stop generation; read by the model thread between tokens.
+    cancel_event: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED_STATES
+
+    def add_timing(self, stage: str, seconds: float) -> None:
+        self.timings_s[stage] = self.timings_s.get(stage, 0.0) + seconds
+
+
+class SessionRegistry:
+    """Live sessions by id, and finished ones for a while (bounded in count and age)."""
+
+    def __init__(self, history_size: int, history_ttl_s: float) -> None:
+        self._live: dict[str, StreamSession] = {}
+        self._finished: TTLCache[str, StreamSession] = TTLCache(maxsize=history_size, ttl=history_ttl_s)
+
+    def create(self, session_id: str | None, voice: str, language: str, characters: int) -> StreamSession:
+        """Register a new session; a client-proposed id already in use is a conflict."""
+        if session_id is None:
+            session_id = uuid.uuid4().hex
+        elif session_id in self._live or session_id in self._finished:
+            raise SessionConflict(f"session id {session_id!r} is already in use", session_id=session_id)
+        session = StreamSession(id=session_id, voice=voice, language=language, characters=characters)
+        self._live[session_id] = session
+        return session
+
+    def get(self, session_id: str) -> StreamSession:
+        session = self._live.get(session_id) or self._finished.get(session_id)
+        if session is None:
+            raise SessionNotFound(f"no stream session {session_id!r}", session_id=session_id)
+        return session
+
+    def cancel(self, session_id: str) -> StreamSession:
+        """Ask a live session to stop; the stream ends within one model chunk."""
+        session = self.get(session_id)
+        if session.finished:
+            raise SessionConflict(
+                f"session {session_id!r} has already finished ({session.state.value})", state=session.state.value
+            )
+        session.cancel_event.set()
+        return session
+
+    def finish(self, session: StreamSession, state: StreamState, error: str | None = None) -> None:
+        """Record the outcome (first one wins) and move the session to the history."""
+        if session.finished:
+            return
+        session.state = state
+        session.error = error
+        session.finished_at = time.time()
+        self._live.pop(session.id, None)
+        self._finished[session.id] = session
+
+    def live(self) -> list[StreamSession]:
+        return list(self._live.values())

@@ -1,0 +1,50 @@
+"""Text to per-sentence token tensors, checked against XTTS's limits before any model work."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from TTS.tts.layers.xtts.tokenizer import VoiceBpeTokenizer, split_sentence
+
+from services.errors import InvalidInput
+
+
+@dataclass(frozen=True)
+class Sentence:
+    """One generation's worth of text and its token ids ([1, n], on the CPU)."""
+
+    text: str
+    tokens: torch.Tensor
+
+
+def tokenizer_language(language: str) -> str:
+    """coqui's tokenizer keys languages without the region ("zh-cn" -> "zh")."""
+    return language.split("-")[0]
+
+
+def plan_sentences(
+    tokenizer: VoiceBpeTokenizer, text: str, language: str, split: bool, max_text_tokens: int
+) -> list[Sentence]:
+    """Split text as coqui's XTTS does (sentences packed up to the language's character limit) and tokenise.
+
+    Raises InvalidInput when a piece has no speakable content or more tokens than XTTS accepts.
+    """
+    lang = tokenizer_language(language)
+    pieces = split_sentence(text, lang, tokenizer.char_limits[lang]) if split else [text]
+    sentences = []
+    for piece in pieces:
+        cleaned = piece.strip().lower()
+        if not cleaned:
+            continue
+        ids = tokenizer.encode(cleaned, lang=lang)
+        if len(ids) >= max_text_tokens:
+            raise InvalidInput(
+                f"a sentence of {len(ids)} tokens is over XTTS's limit of {max_text_tokens - 1}; "
+                "shorten it or set enable_text_splitting to true",
+                sentence=piece[:80],
+            )
+        sentences.append(Sentence(text=piece.strip(), tokens=torch.IntTensor(ids).unsqueeze(0)))
+    if not sentences:
+        raise InvalidInput("text has nothing to speak")
+    return sentences

@@ -1,0 +1,255 @@
+"""The TTS engine: one XTTS model, the one thread that runs it, and audio streams out of it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import anyio
+import torch
+
+from services.audio import pcm_seconds, to_pcm16
+from services.gpt_sampler import SamplingSettings, StepTimings
+from services.latents import VoiceLatents, normalize_latents
+from services.model_loader import LoadedModel
+from services.sessions import SessionRegistry, StreamSession, StreamState
+from services.synthesis import ChunkSchedule, stream_sentence
+from services.text import Sentence, plan_sentences
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+_END = object()  # pushed by the model thread after a sentence's last chunk
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Everything about how to speak, besides what and in whose voice."""
+
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    speed: float = 1.0
+    schedule: ChunkSchedule = field(default_factory=ChunkSchedule)
+    seed: int | None = None
+
+
+class TTSEngine:
+    """Owns the XTTS model; every torch call on it runs on one dedicated thread, in order.
+
+    coqui's XTTS keeps generation state on the model, so two generations must never interleave:
+    a single worker thread serialises them. Streams take turns a sentence at a time.
+    """
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.loaded = loaded
+        self.model = loaded.model
+        self.device = loaded.device
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xtts-model")
+        args = self.model.args
+        self.latent_dim: int = args.gpt_n_model_channels
+        self.embedding_dim: int = args.d_vector_dim
+        self.max_text_tokens: int = args.gpt_max_text_tokens
+        self.languages: list[str] = list(self.model.config.languages)
+        self._builtin = self._load_builtin_speakers()
+
+    def _load_builtin_speakers(self) -> dict[str, VoiceLatents]:
+        manager = getattr(self.model, "speaker_manager", None)
+        speakers = getattr(manager, "speakers", None) or {}
+        return {
+            name: normalize_latents(
+                values["gpt_cond_latent"], values["speaker_embedding"], self.latent_dim, self.embedding_dim
+            ).to(self.device)
+            for name, values in speakers.items()
+        }
+
+    @property
+    def builtin_speakers(self) -> dict[str, VoiceLatents]:
+        """Speakers shipped with the checkpoint (speakers_xtts.pth), by name."""
+        return self._builtin
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        """Queue `fn` on the model thread, under inference mode (which is per thread)."""
+        return self._executor.submit(_in_inference_mode, fn, *args)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn` on the model thread and await its result without blocking the event loop."""
+        return await asyncio.wrap_future(self.submit(fn, *args))
+
+    async def plan(self, text: str, language: str, split: bool) -> list[Sentence]:
+        """Split and tokenise off the event loop, on a general worker thread (no model state involved)."""
+        return await anyio.to_thread.run_sync(
+            plan_sentences, self.model.tokenizer, text, language, split, self.max_text_tokens
+        )
+
+    def warm_up(self) -> float:
+        """One short generation, so the first request pays no lazy initialisation. Returns seconds."""
+        started = time.perf_counter()
+        sentences = plan_sentences(self.model.tokenizer, "Warm up.", "en", False, self.max_text_tokens)
+        voice = next(iter(self._builtin.values()), None) or VoiceLatents(
+            torch.zeros(1, 32, self.latent_dim, device=self.device),
+            torch.zeros(1, self.embedding_dim, 1, device=self.device),
+        )
+        sampling = SamplingSettings(max_new_tokens=12)
+
+        def generate() -> None:
+            for _ in stream_sentence(
+                self.model, sentences[0].tokens.to(self.device), voice.gpt_cond_latent, voice.speaker_embedding,
+                sampling, ChunkSchedule(), 1.0, None, threading.Event(), StepTimings(),
+            ):
+                pass
+
+        self.submit(generate).result()
+        return time.perf_counter() - started
+
+    def open_stream(
+        self,
+        sentences: list[Sentence],
+        voice: VoiceLatents,
+        params: GenerationParams,
+        session: StreamSession,
+        registry: SessionRegistry,
+        release: Callable[[], None],
+    ) -> AudioStream:
+        """A stream of 16-bit PCM chunks; the caller must `close()` it (which calls `release`)."""
+        return AudioStream(self, sentences, voice, params, session, registry, release)
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _in_inference_mode(fn: Callable[..., T], *args: Any) -> T:
+    with torch.inference_mode():
+        return fn(*args)
+
+
+class AudioStream:
+    """One request's audio as 16-bit PCM chunks, a sentence at a time through the model thread."""
+
+    def __init__(
+        self,
+        engine: TTSEngine,
+        sentences: list[Sentence],
+        voice: VoiceLatents,
+        params: GenerationParams,
+        session: StreamSession,
+        registry: SessionRegistry,
+        release: Callable[[], None],
+    ) -> None:
+        self.session = session
+        self.seed = params.seed if params.seed is not None else secrets.randbits(63)
+        self._engine = engine
+        self._sentences = sentences
+        self._voice = voice
+        self._params = params
+        self._registry = registry
+        self._release: Callable[[], None] | None = release
+        self._timings = StepTimings()
+        self._generator = torch.Generator(device=engine.device).manual_seed(self.seed)
+        self._job: Future[None] | None = None
+        self._encode_s = 0.0
+        self._closed: asyncio.Future[None] | None = None
+        session.chunks_total = len(sentences)
+        session.state = StreamState.GENERATING
+        session.started_at = time.time()
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        for sentence in self._sentences:
+            if self.session.cancel_event.is_set():
+                return
+            queue: asyncio.Queue[object] = asyncio.Queue()
+
+            def push(item: object, queue: asyncio.Queue[object] = queue) -> None:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+
+            self._job = self._engine.submit(self._generate, sentence, push)
+            while (item := await queue.get()) is not _END:
+                assert isinstance(item, bytes)
+                if self.session.first_audio_at is None:
+                    self.session.first_audio_at = time.time()
+                self.session.audio_seconds += pcm_seconds(len(item))
+                yield item
+            await asyncio.wrap_future(self._job)  # re-raises what the model thread raised
+            if not self.session.cancel_event.is_set():
+                self.session.chunks_done += 1
+
+    def _generate(self, sentence: Sentence, push: Callable[[object], None]) -> None:
+        """Model thread: generate one sentence, pushing PCM chunks; always ends with _END."""
+        try:
+            if self.session.cancel_event.is_set():
+                return
+            device = self._engine.device
+            chunks = stream_sentence(
+                self._engine.model,
+                sentence.tokens.to(device),
+                self._voice.gpt_cond_latent,
+                self._voice.speaker_embedding,
+                self._params.sampling,
+                self._params.schedule,
+                self._params.speed,
+                self._generator,
+                self.session.cancel_event,
+                self._timings,
+            )
+            for wav in chunks:
+                started = time.perf_counter()
+                pcm = to_pcm16(wav)
+                self._encode_s += time.perf_counter() - started
+                push(pcm)
+        finally:
+            push(_END)
+
+    async def close(self, error: BaseException | None = None) -> None:
+        """Stop generating if still going and record the outcome; the slot is freed once the model
+        thread is done with this stream (not before), even if this coroutine is itself cancelled."""
+        if self._closed is not None:
+            return await asyncio.shield(self._closed)
+        loop = asyncio.get_running_loop()
+        self._closed = loop.create_future()
+        session = self.session
+        completed = error is None and session.chunks_done == session.chunks_total
+        if not completed:
+            session.cancel_event.set()
+        job = self._job
+
+        def finalize(_: object = None) -> None:
+            if job is not None and not job.cancelled() and job.exception() is not None and error is None:
+                self._finish(job.exception(), completed=False)
+            else:
+                self._finish(error, completed)
+            assert self._closed is not None
+            self._closed.set_result(None)
+
+        if job is None or job.done():
+            finalize()
+        else:
+            job.add_done_callback(lambda _: loop.call_soon_threadsafe(finalize))
+        await asyncio.shield(self._closed)
+
+    def _finish(self, error: BaseException | None, completed: bool) -> None:
+        if self._release is not None:
+            self._release()
+            self._release = None
+        session = self.session
+        timings = self._timings
+        for stage, seconds in (
+            ("prefill", timings.prefill_s),
+            ("gpt_steps", timings.gpt_steps_s),
+            ("vocoder", timings.vocoder_s),
+            ("encode", self._encode_s),
+        ):
+            session.add_timing(stage, seconds)
+        if error is not None and not isinstance(error, asyncio.CancelledError):
+            self._registry.finish(session, StreamState.FAILED, f"{error.__class__.__name__}: {error}")
+        elif completed:
+            self._registry.finish(session, StreamState.COMPLETED)
+        else:
+            self._registry.finish(session, StreamState.CANCELLED, session.error)

@@ -1,0 +1,154 @@
+"""Incremental HiFi-GAN decoding: each chunk costs only its new latents plus a fixed context.
+
+coqui's `inference_stream` re-decodes every latent generated so far at each chunk, so a stream costs
+O(n^2) in the sentence length. Here the latent -> frame resampling that `HifiDecoder.forward` does with
+`F.interpolate` is recomputed for just the frames a chunk needs (it is a local linear interpolation), and
+the HiFi-GAN, whose receptive field is finite, runs over those frames with enough context on both sides
+that the samples it emits equal a one-shot decode of the same latents (to float rounding).
+"""
+
+from __future__ import annotations
+
+import math
+import torch
+from torch.nn.utils import parametrize
+from TTS.tts.layers.xtts.hifigan_decoder import HifiDecoder
+
+# HiFi-GAN frames either side of a window that differ from a whole-sequence decode
+# (measured: a change in one frame moves the output within about +-9 frames).
+DECODER_CONTEXT_FRAMES = 10
+
+
+def fold_weight_norm(decoder: HifiDecoder) -> int:
+    """Fold weight-norm parametrizations into plain weights, so inference stops renormalising per call."""
+    folded = 0
+    for module in decoder.modules():
+        if parametrize.is_parametrized(module, "weight"):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+            folded += 1
+    return folded
+
+
+class _LinearResample:
+    """One `F.interpolate(mode="linear", scale_factor=s)` stage, computable for any output range."""
+
+    def __init__(self, scale: float) -> None:
+        self.scale = scale
+        self.inverse = 1.0 / scale
+
+    def output_length(self, input_length: int) -> int:
+        return math.floor(input_length * self.scale)
+
+    def settled_outputs(self, settled_inputs: int) -> int:
+        """Outputs whose two source inputs both lie below `settled_inputs` (so no edge clamping)."""
+        if settled_inputs < 2:
+            return 0
+        # need floor(src) + 1 <= settled_inputs - 1 with src = (j + 0.5) / scale - 0.5
+        bound = (settled_inputs - 1.5) * self.scale - 0.5
+        return max(0, math.floor(bound) + 1)
+
+    def source(self, start: int, stop: int, input_length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Left and right source indices and the weight of the right one, as PyTorch computes them."""
+        dst = torch.arange(start, stop, dtype=torch.float64)
+        src = ((dst + 0.5) * self.inverse - 0.5).clamp(min=0.0)
+        left = src.floor().long()
+        right = torch.clamp(left + 1, max=input_length - 1)
+        return left, right, (src - left).to(torch.float32)
+
+
+class IncrementalVocoder:
+    """Turns GPT latents pushed one at a time into waveform chunks that concatenate to a one-shot decode."""
+
+    def __init__(self, decoder: HifiDecoder, speaker_embedding: torch.Tensor, speed: float = 1.0) -> None:
+        self._decoder = decoder
+        self._speaker_embedding = speaker_embedding
+        stages = []
+        if speed != 1.0:
+            stages.append(_LinearResample(1.0 / max(speed, 0.05)))  # as Xtts.inference's length_scale
+        stages.append(_LinearResample(decoder.ar_mel_length_compression / decoder.output_hop_length))
+        if decoder.output_sample_rate != decoder.input_sample_rate:
+            stages.append(_LinearResample(decoder.output_sample_rate / decoder.input_sample_rate))
+        self._stages = stages
+        self._latents: list[torch.Tensor] = []
+        self._emitted_frames = 0
+
+    @property
+    def frames_per_latent(self) -> float:
+        """Decoder frames one latent becomes."""
+        return math.prod(stage.scale for stage in self._stages)
+
+    @property
+    def latent_count(self) -> int:
+        return len(self._latents)
+
+    def push(self, latent: torch.Tensor) -> None:
+        """Add the next latent ([1, C] or [C])."""
+        self._latents.append(latent.reshape(-1))
+
+    def pending_frames(self) -> int:
+        """Frames that could be emitted now without waiting for more latents."""
+        return max(0, self._settled_frames() - DECODER_CONTEXT_FRAMES - self._emitted_frames)
+
+    def decode_ready(self) -> torch.Tensor:
+        """Waveform ([samples]) for every frame settled so far and not yet emitted."""
+        settled = self._settled_frames()
+        stop = settled - DECODER_CONTEXT_FRAMES
+        if stop <= self._emitted_frames:
+            return self._empty()
+        return self._decode(stop, available=settled, input_length=None)
+
+    def finish(self) -> torch.Tensor:
+        """Waveform for the rest of the sentence, once the last latent has been pushed."""
+        total = self._total_frames(len(self._latents))
+        if total <= self._emitted_frames:
+            return self._empty()
+        return self._decode(total, available=total, input_length=len(self._latents))
+
+    def latents(self) -> torch.Tensor:
+        """The latents kept so far as [1, T, C] (for equivalence checks)."""
+        return torch.stack(self._latents)[None]
+
+    def _empty(self) -> torch.Tensor:
+        return torch.zeros(0, device=self._speaker_embedding.device)
+
+    def _settled_frames(self) -> int:
+        count = len(self._latents)
+        for stage in self._stages:
+            count = stage.settled_outputs(count)
+        return count
+
+    def _total_frames(self, latent_count: int) -> int:
+        count = latent_count
+        for stage in self._stages:
+            count = stage.output_length(count)
+        return count
+
+    def _decode(self, stop: int, available: int, input_length: int | None) -> torch.Tensor:
+        start = self._emitted_frames
+        window_start = max(0, start - DECODER_CONTEXT_FRAMES)
+        window_stop = min(available, stop + DECODER_CONTEXT_FRAMES)
+        frames = self._frames(window_start, window_stop, input_length)
+        wav = self._decoder.waveform_decoder(frames[None], g=self._speaker_embedding)[0, 0]
+        hop = wav.shape[-1] // frames.shape[-1]
+        self._emitted_frames = stop
+        return wav[(start - window_start) * hop : (stop - window_start) * hop]
+
+    def _frames(self, start: int, stop: int, input_length: int | None) -> torch.Tensor:
+        """Decoder input frames [C, stop - start], resampled from the latents as HifiDecoder.forward does."""
+        lengths = [input_length if input_length is not None else len(self._latents)]
+        for stage in self._stages[:-1]:
+            lengths.append(stage.output_length(lengths[-1]) if input_length is not None else 1 << 62)
+
+        def values(level: int, lo: int, hi: int) -> torch.Tensor:
+            if level == 0:
+                return torch.stack(self._latents[lo:hi], dim=1)
+            stage = self._stages[level - 1]
+            left, right, weight = stage.source(lo, hi, lengths[level - 1])
+            base = int(left[0])
+            inputs = values(level - 1, base, int(right[-1]) + 1)
+            left_values = inputs[:, left - base]
+            right_values = inputs[:, right - base]
+            weight = weight.to(inputs.device)
+            return left_values * (1.0 - weight) + right_values * weight
+
+        return values(len(self._stages), start, stop)
