@@ -102,7 +102,7 @@ def register_exception_handlers(app: FastAPI) -> None:
         problems = [
             {"field": ".".join(str(part) for part in problem["loc"][1:]) or "body", "message": problem["msg"],
              "type": problem["type"]}
-            for problem in error.errors()
+            for problem in error.errors()[:20]  # a bad 32x1024 list would otherwise list thousands
         ]
         message = "; ".join(f"{problem['field']}: {problem['message']}" for problem in problems[:5])
         return error_response(422, "validation_error", message, problems)

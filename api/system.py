@@ -26,6 +26,7 @@ class LoadInfo(BaseModel):
     queued: int = Field(description="Requests waiting for a slot.")
     capacity: int = Field(description="MAX_CONCURRENT_REQUESTS.")
     max_queue: int = Field(description="MAX_QUEUE_SIZE.")
+    model_jobs: int = Field(description="Jobs sent to the model thread since start (sentences, clones, warm-up).")
 
 
 class Health(BaseModel):
@@ -51,7 +52,13 @@ async def health(request: Request, gate: GateDep) -> Health:
             load_seconds=round(loaded.load_seconds, 3) if loaded else None,
         ),
         uptime_s=round(time.time() - state.started_at, 3),
-        requests=LoadInfo(in_flight=gate.in_flight, queued=gate.queued, capacity=gate.capacity, max_queue=gate.max_queue),
+        requests=LoadInfo(
+            in_flight=gate.in_flight,
+            queued=gate.queued,
+            capacity=gate.capacity,
+            max_queue=gate.max_queue,
+            model_jobs=engine.jobs_submitted if engine is not None else 0,
+        ),
         warning="DUMMY_MODEL is set: random weights, the audio is noise, not speech" if dummy else None,
     )
 

@@ -12,6 +12,10 @@ _LANGUAGE_ALIASES = {"zh": "zh-cn", "zh-hans": "zh-cn", "zh_cn": "zh-cn"}
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
 
+# Latents squeezed or not: [32, 1024], [1, 32, 1024], flat; [512], [1, 512], [512, 1], [1, 512, 1].
+NestedFloats = list[float] | list[list[float]] | list[list[list[float]]]
+
+
 def _normalise_language(value: str) -> str:
     code = value.strip().lower()
     code = _LANGUAGE_ALIASES.get(code, code)
@@ -73,10 +77,10 @@ class SpeechRequest(GenerationOptions):
         None, min_length=1, max_length=256,
         description="A saved voice id or a built-in speaker name (see /saved_voices and /available_speakers).",
     )
-    gpt_cond_latent: list[list[float]] | list[float] | None = Field(
+    gpt_cond_latent: NestedFloats | None = Field(
         None, description="GPT conditioning latents, 32 x 1024 floats (coqui's /clone_speaker output)."
     )
-    speaker_embedding: list[float] | list[list[float]] | None = Field(
+    speaker_embedding: NestedFloats | None = Field(
         None, description="Speaker embedding, 512 floats (coqui's /clone_speaker output)."
     )
     add_wav_header: bool = Field(
@@ -130,10 +134,10 @@ class CloneOptions(BaseModel):
 class SaveVoiceRequest(BaseModel):
     """A voice to save from latents (what /clone_speaker returned, or latents from coqui's server)."""
 
-    gpt_cond_latent: list[list[float]] | list[float] | list[list[list[float]]] = Field(
+    gpt_cond_latent: NestedFloats = Field(
         description="32 x 1024 floats, squeezed or not."
     )
-    speaker_embedding: list[float] | list[list[float]] | list[list[list[float]]] = Field(
+    speaker_embedding: NestedFloats = Field(
         description="512 floats, squeezed or not."
     )
     name: str | None = Field(None, max_length=200)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
 
 import torch
-from TTS.tts.layers.xtts.tokenizer import VoiceBpeTokenizer, split_sentence
+from TTS.tts.layers.xtts.tokenizer import VoiceBpeTokenizer, get_spacy_lang
 
 from services.errors import InvalidInput
 
@@ -23,6 +26,29 @@ def tokenizer_language(language: str) -> str:
     return language.split("-")[0]
 
 
+@lru_cache(maxsize=None)
+def _sentencizer(lang: str) -> Any:
+    # coqui's split_sentence builds a new spaCy pipeline per call (~0.1 s); build each language's once.
+    nlp = get_spacy_lang(lang)
+    nlp.add_pipe("sentencizer")
+    return nlp
+
+
+def split_sentences(text: str, lang: str, limit: int) -> list[str]:
+    """coqui's `split_sentence`: sentences packed together up to `limit` characters, longer ones wrapped."""
+    if len(text) < limit:
+        return [text.lstrip()]
+    pieces: list[str] = [""]
+    for sentence in (str(span) for span in _sentencizer(lang)(text).sents):
+        if len(pieces[-1]) + len(sentence) <= limit:
+            pieces[-1] = (pieces[-1] + " " + sentence).lstrip()
+        elif len(sentence) > limit:
+            pieces.extend(textwrap.wrap(sentence, width=limit, drop_whitespace=True, break_on_hyphens=False))
+        else:
+            pieces.append(sentence)
+    return [piece for piece in pieces if piece]
+
+
 def plan_sentences(
     tokenizer: VoiceBpeTokenizer, text: str, language: str, split: bool, max_text_tokens: int
 ) -> list[Sentence]:
@@ -31,7 +57,7 @@ def plan_sentences(
     Raises InvalidInput when a piece has no speakable content or more tokens than XTTS accepts.
     """
     lang = tokenizer_language(language)
-    pieces = split_sentence(text, lang, tokenizer.char_limits[lang]) if split else [text]
+    pieces = split_sentences(text, lang, tokenizer.char_limits[lang]) if split else [text]
     sentences = []
     for piece in pieces:
         cleaned = piece.strip().lower()

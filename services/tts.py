@@ -50,6 +50,7 @@ class TTSEngine:
         self.model = loaded.model
         self.device = loaded.device
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xtts-model")
+        self.jobs_submitted = 0
         args = self.model.args
         self.latent_dim: int = args.gpt_n_model_channels
         self.embedding_dim: int = args.d_vector_dim
@@ -74,6 +75,7 @@ class TTSEngine:
 
     def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
         """Queue `fn` on the model thread, under inference mode (which is per thread)."""
+        self.jobs_submitted += 1
         return self._executor.submit(_in_inference_mode, fn, *args)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -89,7 +91,8 @@ class TTSEngine:
     def warm_up(self) -> float:
         """One short generation, so the first request pays no lazy initialisation. Returns seconds."""
         started = time.perf_counter()
-        sentences = plan_sentences(self.model.tokenizer, "Warm up.", "en", False, self.max_text_tokens)
+        # A long text, so the English sentence splitter loads now rather than in the first request.
+        sentences = plan_sentences(self.model.tokenizer, "Warm up. " * 40, "en", True, self.max_text_tokens)
         voice = next(iter(self._builtin.values()), None) or VoiceLatents(
             torch.zeros(1, 32, self.latent_dim, device=self.device),
             torch.zeros(1, self.embedding_dim, 1, device=self.device),

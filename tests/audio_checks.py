@@ -1,0 +1,46 @@
+"""Assertions on the audio users receive."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import subprocess
+import wave
+
+import numpy as np
+
+
+def parse_streamed_wav(body: bytes) -> tuple[dict[str, int], np.ndarray]:
+    """Header fields and int16 samples of a WAV whose data size may be unknown (streamed)."""
+    assert body[:4] == b"RIFF" and body[8:12] == b"WAVE", body[:16]
+    assert body[12:16] == b"fmt "
+    audio_format, channels, rate, _byte_rate, _align, bits = struct.unpack("<HHIIHH", body[20:36])
+    assert body[36:40] == b"data"
+    samples = np.frombuffer(body[44 : 44 + (len(body) - 44) // 2 * 2], dtype="<i2")
+    return {"format": audio_format, "channels": channels, "rate": rate, "bits": bits}, samples
+
+
+def assert_pcm_wav(body: bytes, min_seconds: float = 0.1) -> np.ndarray:
+    header, samples = parse_streamed_wav(body)
+    assert header == {"format": 1, "channels": 1, "rate": 24000, "bits": 16}
+    assert samples.size >= min_seconds * 24000, samples.size
+    assert np.abs(samples).max() > 0, "audio is all zeros"
+    return samples
+
+
+def assert_complete_wav(body: bytes) -> np.ndarray:
+    """A WAV with exact sizes, readable by Python's wave module."""
+    with wave.open(io.BytesIO(body)) as reader:
+        assert (reader.getframerate(), reader.getnchannels(), reader.getsampwidth()) == (24000, 1, 2)
+        frames = reader.readframes(reader.getnframes())
+    return np.frombuffer(frames, dtype="<i2")
+
+
+def ffprobe(data: bytes) -> dict:
+    """ffprobe's view of an audio file's first stream and format."""
+    result = subprocess.run(
+        ["ffprobe", "-v", "error", "-print_format", "json", "-show_streams", "-show_format", "-i", "pipe:0"],
+        input=data, capture_output=True, check=True,
+    )
+    return json.loads(result.stdout)

@@ -1,0 +1,196 @@
+"""/tts_stream and /tts against a real uvicorn with the tiny random-weight model."""
+
+from __future__ import annotations
+
+import base64
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.audio_checks import assert_complete_wav, assert_pcm_wav, ffprobe, parse_streamed_wav
+from tests.conftest import BUILTIN_SPEAKER, Server
+
+THREE_SENTENCES = (
+    "The first sentence is here and it is long enough to stand alone in a chunk. "
+    "Then a second sentence follows it, which the splitter should keep apart from the first one. "
+    "And a third sentence closes the text, so that the stream has plenty left to say after the start."
+)
+
+
+def speech(text: str = "Hello world.", **extra: object) -> dict[str, object]:
+    return {"text": text, "language": "en", "speaker_id": BUILTIN_SPEAKER, **extra}
+
+
+def test_stream_is_a_24khz_mono_16bit_wav_that_ffprobe_reads(client: httpx.Client) -> None:
+    response = client.post("/tts_stream", json=speech(seed=1))
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "audio/wav"
+    assert response.headers["x-session-id"]
+    assert_pcm_wav(response.content)
+    stream = ffprobe(response.content)["streams"][0]
+    assert (stream["codec_name"], stream["sample_rate"], stream["channels"]) == ("pcm_s16le", "24000", 1)
+
+
+def test_first_audio_arrives_well_before_the_stream_ends(client: httpx.Client) -> None:
+    arrivals: list[tuple[float, int]] = []
+    started = time.perf_counter()
+    with client.stream("POST", "/tts_stream", json=speech(THREE_SENTENCES, seed=2)) as response:
+        assert response.status_code == 200
+        received = 0
+        for chunk in response.iter_raw():
+            received += len(chunk)
+            arrivals.append((time.perf_counter() - started, received))
+    ended = arrivals[-1][0]
+    header_at = next(at for at, total in arrivals if total >= 44)
+    first_audio_at = next(at for at, total in arrivals if total > 44)
+    assert received > 44 + 24000  # over half a second of audio
+    assert header_at < ended / 2
+    # three sentences: audio must start before the first one is even finished
+    assert first_audio_at < ended / 3, (first_audio_at, ended)
+
+
+def test_stream_without_header_is_bare_pcm(client: httpx.Client) -> None:
+    response = client.post("/tts_stream", json=speech(add_wav_header=False, seed=3))
+    assert response.status_code == 200
+    assert not response.content.startswith(b"RIFF")
+    assert len(response.content) % 2 == 0 and len(response.content) > 24000
+
+
+def test_same_seed_gives_the_same_audio(client: httpx.Client) -> None:
+    first = client.post("/tts_stream", json=speech(seed=42))
+    second = client.post("/tts_stream", json=speech(seed=42))
+    other = client.post("/tts_stream", json=speech(seed=43))
+    assert first.headers["x-seed"] == "42"
+    assert first.content == second.content
+    assert first.content != other.content
+
+
+def test_tts_returns_a_complete_wav(client: httpx.Client) -> None:
+    response = client.post("/tts", json=speech(seed=5), headers={"Accept": "audio/wav"})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "audio/wav"
+    samples = assert_complete_wav(response.content)
+    assert samples.size > 24000 // 2
+
+
+def test_tts_answers_base64_json_when_asked(client: httpx.Client) -> None:
+    response = client.post("/tts", json=speech(seed=5), headers={"Accept": "application/json"})
+    assert response.status_code == 200
+    assert_complete_wav(base64.b64decode(response.json()))
+
+
+def test_coqui_client_flow_works_unchanged(client: httpx.Client) -> None:
+    """What coqui-ai/xtts-streaming-server's demo and test clients send and read."""
+    studio = client.get("/studio_speakers").json()
+    latents = studio[BUILTIN_SPEAKER]
+    assert np.array(latents["gpt_cond_latent"]).shape == (32, 1024)
+    assert len(latents["speaker_embedding"]) == 512
+    stream = client.post(
+        "/tts_stream",
+        json={"text": "Hello.", "language": "en", "add_wav_header": False, "stream_chunk_size": "20", **latents},
+        headers={"Accept": "*/*"},
+    )
+    assert stream.status_code == 200 and len(stream.content) > 24000
+    whole = client.post("/tts", json={"text": "Hello.", "language": "en", **latents}, headers={"Accept": "*/*"})
+    assert whole.status_code == 200
+    # the demo client does base64.b64decode(response.content), quotes and all
+    assert_complete_wav(base64.b64decode(whole.content))
+    assert client.get("/languages").json()[:3] == ["en", "es", "fr"]
+
+
+def test_latents_squeezed_or_not_both_work(client: httpx.Client) -> None:
+    latents = client.get("/studio_speakers").json()[BUILTIN_SPEAKER]
+    unsqueezed = {
+        "gpt_cond_latent": [latents["gpt_cond_latent"]],
+        "speaker_embedding": [[value] for value in latents["speaker_embedding"]],
+    }
+    flat = {"gpt_cond_latent": np.array(latents["gpt_cond_latent"]).ravel().tolist(),
+            "speaker_embedding": latents["speaker_embedding"]}
+    for voice in (unsqueezed, flat):
+        response = client.post("/tts_stream", json={"text": "Hi.", "language": "en", **voice})
+        assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        (speech(language="xx"), 422, "unsupported language"),
+        (speech(text="   "), 422, "text is empty"),
+        (speech(text=""), 422, "text"),
+        (speech(text="a" * 2001), 400, "MAX_TEXT_LENGTH"),
+        (speech(speaker_id="nobody-here"), 404, "nobody-here"),
+        (speech(speaker_id="../../etc/passwd"), 404, "no saved voice"),
+        (speech(temperature=0), 422, "temperature"),
+        (speech(top_p=1.5), 422, "top_p"),
+        (speech(speed=10), 422, "speed"),
+        (speech(stream_chunk_size=0), 422, "stream_chunk_size"),
+        (speech(seed=-1), 422, "seed"),
+        ({"text": "Hi", "language": "en"}, 422, "speaker_id"),
+        (
+            {"text": "Hi", "language": "en", "gpt_cond_latent": [[0.0] * 1024] * 31, "speaker_embedding": [0.0] * 512},
+            422,
+            "[32, 1024]",
+        ),
+        (
+            {"text": "Hi", "language": "en", "gpt_cond_latent": [[0.0] * 1024] * 32, "speaker_embedding": [0.0] * 500},
+            422,
+            "[512]",
+        ),
+        (
+            {"text": "Hi", "language": "en", "gpt_cond_latent": [[0.0] * 32] * 1024, "speaker_embedding": [0.0] * 512},
+            422,
+            "[32, 1024]",
+        ),
+    ],
+)
+def test_bad_input_gets_a_clear_4xx_before_any_model_work(
+    client: httpx.Client, body: dict[str, object], status: int, needle: str
+) -> None:
+    jobs_before = client.get("/health").json()["requests"]["model_jobs"]
+    for path in ("/tts_stream", "/tts"):
+        response = client.post(path, json=body)
+        assert response.status_code == status, response.text
+        error = response.json()
+        assert error["error"] and needle in error["message"], error
+    assert client.get("/health").json()["requests"]["model_jobs"] == jobs_before
+
+
+def test_malformed_json_is_422_and_the_server_keeps_serving(client: httpx.Client) -> None:
+    response = client.post("/tts_stream", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert response.status_code == 422
+    assert response.json()["error"] == "validation_error"
+    assert client.post("/tts_stream", json=speech(seed=9)).status_code == 200
+
+
+def test_unknown_route_is_a_json_404(client: httpx.Client) -> None:
+    response = client.get("/no/such/thing")
+    assert response.status_code == 404 and response.json()["error"] == "not_found"
+
+
+def test_info_endpoints(client: httpx.Client, server: Server) -> None:
+    assert client.get("/available_speakers").json() == sorted(["Dummy Alto", "Dummy Bass", "Dummy Tenor"])
+    languages = client.get("/languages").json()
+    assert len(languages) == 17 and "zh-cn" in languages and "ja" in languages
+    health = client.get("/health").json()
+    assert health["status"] == "ready"
+    assert health["model"]["dummy"] is True and health["model"]["source"] == "dummy:tiny"
+    assert "noise" in health["warning"]
+    assert health["requests"]["capacity"] == 10
+    assert client.get("/ready").status_code == 200
+    docs = client.get("/")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/tts_stream", "/tts", "/languages", "/available_speakers", "/health"} <= set(paths)
+    assert "noise, not speech" in server.log() or "noise not speech" in server.log()
+
+
+@pytest.mark.parametrize("language", ["en", "de", "zh-cn", "ja", "ko", "ru", "ar", "hi"])
+def test_every_script_streams(client: httpx.Client, language: str) -> None:
+    texts = {"en": "Hello.", "de": "Guten Tag.", "zh-cn": "你好。", "ja": "こんにちは。", "ko": "안녕하세요.",
+             "ru": "Привет.", "ar": "مرحبا.", "hi": "नमस्ते।"}
+    response = client.post("/tts_stream", json={**speech(texts[language]), "language": language, "seed": 1})
+    assert response.status_code == 200, response.text
+    header, samples = parse_streamed_wav(response.content)
+    assert samples.size > 0
