@@ -74,8 +74,9 @@ def _fail(app: FastAPI, message: str) -> None:
     logger.critical(message)
     app.state.status = "failed"
     app.state.failure = message
-    # Stop uvicorn the way a Ctrl-C would; run.py turns the failure into a non-zero exit code.
-    os.kill(os.getpid(), signal.SIGTERM)
+    # run.py stops its server directly and exits 1; under plain `uvicorn --factory`, stop it like Ctrl-C would.
+    stop = getattr(app.state, "request_exit", None) or (lambda: os.kill(os.getpid(), signal.SIGTERM))
+    stop()
 
 
 @asynccontextmanager

@@ -41,7 +41,9 @@ def main() -> int:
         log_level="debug" if settings.DEBUG else "info",
         timeout_graceful_shutdown=int(settings.SHUTDOWN_TIMEOUT),
     )
-    _DrainingServer(config).run()
+    server = _DrainingServer(config)
+    app.state.request_exit = lambda: setattr(server, "should_exit", True)
+    server.run()
     return 1 if app.state.status == "failed" else 0
 
 

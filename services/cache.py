@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -47,8 +48,8 @@ class CacheStats:
 class SpeakerCache:
     """TTL/LRU cache with single-flight loading: concurrent misses for one key share one load."""
 
-    def __init__(self, max_size: int, ttl_s: float) -> None:
-        self._entries = _CountingTTLCache(maxsize=max_size, ttl=ttl_s)
+    def __init__(self, max_size: int, ttl_s: float, timer: Callable[[], float] = time.monotonic) -> None:
+        self._entries = _CountingTTLCache(maxsize=max_size, ttl=ttl_s, timer=timer)
         self._loading: dict[str, asyncio.Future[VoiceLatents]] = {}
         self._generation: dict[str, int] = {}
         self.hits = 0

@@ -1,0 +1,121 @@
+"""The generation core against coqui's own code paths, in-process with the tiny model."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from services.gpt_sampler import SamplingSettings, StepTimings, sample_audio_latents
+from services.model_loader import LoadedModel
+from services.synthesis import ChunkSchedule, stream_sentence
+from services.vocoder import IncrementalVocoder
+from tests.conftest import BUILTIN_SPEAKER
+
+
+def snr_db(signal: torch.Tensor, reference: torch.Tensor) -> float:
+    assert signal.shape == reference.shape, (signal.shape, reference.shape)
+    noise = (signal - reference).pow(2).sum()
+    return float(10 * torch.log10(reference.pow(2).sum() / noise.clamp_min(1e-20)))
+
+
+@pytest.fixture(scope="module")
+def voice(tiny_loaded: LoadedModel) -> dict[str, torch.Tensor]:
+    return tiny_loaded.model.speaker_manager.speakers[BUILTIN_SPEAKER]
+
+
+@pytest.mark.parametrize("speed", [1.0, 1.3, 0.8])
+@pytest.mark.parametrize("chunk_tokens", [1, 4, 20])
+def test_streamed_waveform_matches_a_one_shot_decode_of_the_same_latents(
+    tiny_loaded: LoadedModel, voice: dict[str, torch.Tensor], speed: float, chunk_tokens: int
+) -> None:
+    decoder = tiny_loaded.model.hifigan_decoder
+    generator = torch.Generator().manual_seed(chunk_tokens)
+    latents = torch.randn(1, 57, 1024, generator=generator)
+    with torch.inference_mode():
+        vocoder = IncrementalVocoder(decoder, voice["speaker_embedding"], speed)
+        chunks = []
+        for index in range(latents.shape[1]):
+            vocoder.push(latents[:, index])
+            if vocoder.pending_frames() >= chunk_tokens * vocoder.frames_per_latent:
+                chunks.append(vocoder.decode_ready())
+        chunks.append(vocoder.finish())
+        reference_latents = latents
+        if speed != 1.0:
+            reference_latents = F.interpolate(latents.transpose(1, 2), scale_factor=1 / speed, mode="linear")
+            reference_latents = reference_latents.transpose(1, 2)
+        reference = decoder(reference_latents, g=voice["speaker_embedding"])[0, 0]
+    assert len(chunks) >= 3
+    assert snr_db(torch.cat(chunks), reference) > 30
+
+
+def test_sampler_picks_the_tokens_coqui_generate_picks(
+    tiny_loaded: LoadedModel, voice: dict[str, torch.Tensor]
+) -> None:
+    model = tiny_loaded.model
+    tokens = torch.IntTensor(model.tokenizer.encode("hello world.", "en")).unsqueeze(0)
+    with torch.inference_mode():
+        torch.manual_seed(7)
+        expected = model.gpt.generate(
+            cond_latents=voice["gpt_cond_latent"], text_inputs=tokens, do_sample=True, top_p=0.85, top_k=50,
+            temperature=0.75, num_return_sequences=1, num_beams=1, length_penalty=1.0, repetition_penalty=5.0,
+        )[0].tolist()
+        torch.manual_seed(7)
+        steps = list(
+            sample_audio_latents(
+                model.gpt, voice["gpt_cond_latent"], tokens, SamplingSettings(repetition_penalty=5.0), None,
+                StepTimings(),
+            )
+        )
+        codes = torch.tensor([[token for token, _ in steps]])
+        # coqui's one-shot inference recomputes the latents with a teacher-forced pass
+        one_shot_latents = model.gpt(
+            tokens, torch.tensor([tokens.shape[-1]]), codes, torch.tensor([codes.shape[-1] * 1024]),
+            cond_latents=voice["gpt_cond_latent"], return_attentions=False, return_latent=True,
+        )
+    assert [token for token, _ in steps] == expected
+    streamed_latents = torch.cat([latent for _, latent in steps])[None]
+    assert torch.allclose(streamed_latents, one_shot_latents, atol=1e-4)
+
+
+def test_stream_equals_coquis_one_shot_inference(tiny_loaded: LoadedModel, voice: dict[str, torch.Tensor]) -> None:
+    model = tiny_loaded.model
+    text = "hello world, this is a test."
+    with torch.inference_mode():
+        torch.manual_seed(11)
+        one_shot = torch.from_numpy(
+            model.inference(text, "en", voice["gpt_cond_latent"], voice["speaker_embedding"], repetition_penalty=5.0)[
+                "wav"
+            ]
+        )
+        torch.manual_seed(11)
+        tokens = torch.IntTensor(model.tokenizer.encode(text, "en")).unsqueeze(0)
+        chunks = list(
+            stream_sentence(
+                model, tokens, voice["gpt_cond_latent"], voice["speaker_embedding"],
+                SamplingSettings(repetition_penalty=5.0), ChunkSchedule(first_tokens=2, max_tokens=8), 1.0, None,
+                threading.Event(), StepTimings(),
+            )
+        )
+    assert len(chunks) >= 4
+    assert chunks[0].numel() < chunks[-2].numel()  # the first chunk is short, later ones grow
+    assert snr_db(torch.cat(chunks), one_shot) > 30
+
+
+def test_cancel_stops_within_one_token(tiny_loaded: LoadedModel, voice: dict[str, torch.Tensor]) -> None:
+    model = tiny_loaded.model
+    cancel = threading.Event()
+    timings = StepTimings()
+    tokens = torch.IntTensor(model.tokenizer.encode("hello world.", "en")).unsqueeze(0)
+    with torch.inference_mode():
+        stream = stream_sentence(
+            model, tokens, voice["gpt_cond_latent"], voice["speaker_embedding"], SamplingSettings(min_new_tokens=30),
+            ChunkSchedule(first_tokens=1, max_tokens=1), 1.0, None, cancel, timings,
+        )
+        next(stream)
+        tokens_at_cancel = timings.tokens
+        cancel.set()
+        assert list(stream) == []
+    assert timings.tokens - tokens_at_cancel <= 1

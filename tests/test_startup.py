@@ -1,0 +1,68 @@
+"""Start-up: configuration errors, no silent fallback, and loading a checkpoint folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from config import Settings
+from services.dummy_model import build_dummy_xtts, dummy_config
+from services.model_loader import load_model
+from tests.conftest import REPO, free_port, start_server
+
+
+def run_server_briefly(env: dict[str, str], timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+    clean = {key: value for key, value in os.environ.items() if key not in Settings.model_fields}
+    clean.pop("COQUI_TOS_AGREED", None)
+    return subprocess.run(
+        [sys.executable, "run.py"], cwd=REPO, env={**clean, **env}, capture_output=True, text=True, timeout=timeout_s
+    )
+
+
+def test_a_bad_setting_stops_start_up_with_one_line_naming_it() -> None:
+    result = run_server_briefly({"PORT": "not-a-port", "DUMMY_MODEL": "tiny"})
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "PORT" in lines[0] and "not-a-port" in lines[0]
+    result = run_server_briefly({"DUMMY_MODEL": "huge", "MAX_CONCURRENT_REQUESTS": "0"})
+    assert result.returncode == 2 and "DUMMY_MODEL" in result.stderr and "MAX_CONCURRENT_REQUESTS" in result.stderr
+
+
+def test_without_a_model_start_up_fails_naming_the_three_ways_out(tmp_path: Path) -> None:
+    result = run_server_briefly(
+        {"HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path), "PORT": str(free_port()), "VOICES_DIR": str(tmp_path / "v")}
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    message = result.stderr
+    assert "CUSTOM_MODEL_PATH" in message and "COQUI_TOS_AGREED=1" in message and "DUMMY_MODEL" in message
+
+
+def test_a_checkpoint_folder_loads_through_coquis_loader(tmp_path: Path) -> None:
+    """CUSTOM_MODEL_PATH: config.json, model.pth, vocab.json and speakers_xtts.pth, as XTTS v2 ships them."""
+    source = build_dummy_xtts("tiny", tmp_path / "build")
+    folder = tmp_path / "checkpoint"
+    folder.mkdir()
+    config = dummy_config("tiny")
+    config.model_args.tokenizer_file = ""
+    config.save_json(str(folder / "config.json"))
+    (folder / "vocab.json").write_bytes((tmp_path / "build" / "dummy_vocab_tiny.json").read_bytes())
+    torch.save({"model": source.state_dict()}, folder / "model.pth")
+    torch.save(source.speaker_manager.speakers, folder / "speakers_xtts.pth")
+    loaded = load_model(Settings(CUSTOM_MODEL_PATH=folder, NUM_THREADS=2))
+    assert loaded.source == f"custom:{folder}" and not loaded.dummy
+    assert set(loaded.model.speaker_manager.speakers) == set(source.speaker_manager.speakers)
+    for name, parameter in source.gpt.gpt.named_parameters():
+        assert torch.equal(parameter, dict(loaded.model.gpt.gpt.named_parameters())[name])
+
+
+def test_missing_checkpoint_files_are_named(tmp_path: Path) -> None:
+    server = start_server(tmp_path, wait_ready=False, DUMMY_MODEL="", CUSTOM_MODEL_PATH=str(tmp_path))
+    try:
+        assert server.process.wait(120) == 1
+    finally:
+        server.stop()
+    assert "config.json" in server.log() and "model.pth" in server.log()

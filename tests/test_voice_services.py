@@ -1,0 +1,143 @@
+"""The cache, the voice store and the voice service, without HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.voice_storage import VoiceStore
+from services.cache import SpeakerCache
+from services.errors import InvalidVoiceId, VoiceExists, VoiceNotFound
+from services.latents import VoiceLatents
+from services.tts import TTSEngine
+from services.voices import VoiceService
+
+
+def latents(seed: int = 0) -> VoiceLatents:
+    generator = torch.Generator().manual_seed(seed)
+    return VoiceLatents(torch.randn(1, 32, 1024, generator=generator), torch.randn(1, 512, 1, generator=generator))
+
+
+def test_twenty_concurrent_misses_load_once() -> None:
+    cache = SpeakerCache(max_size=10, ttl_s=60)
+    loads = 0
+
+    async def load() -> VoiceLatents:
+        nonlocal loads
+        loads += 1
+        await asyncio.sleep(0.05)
+        return latents()
+
+    async def main() -> list[VoiceLatents]:
+        return await asyncio.gather(*(cache.get_or_load("voice", load) for _ in range(20)))
+
+    results = asyncio.run(main())
+    assert loads == 1
+    assert all(result is results[0] for result in results)
+    stats = cache.stats()
+    assert (stats.misses, stats.hits, stats.size) == (1, 19, 1)
+
+
+def test_a_failed_load_is_not_cached_and_reaches_every_waiter() -> None:
+    cache = SpeakerCache(max_size=10, ttl_s=60)
+
+    async def load() -> VoiceLatents:
+        await asyncio.sleep(0.01)
+        raise VoiceNotFound("gone")
+
+    async def main() -> list[object]:
+        return await asyncio.gather(*(cache.get_or_load("x", load) for _ in range(5)), return_exceptions=True)
+
+    assert all(isinstance(result, VoiceNotFound) for result in asyncio.run(main()))
+    assert cache.stats().size == 0
+
+
+def test_cache_evicts_least_recently_used_and_expired_and_counts_them() -> None:
+    now = [0.0]
+    cache = SpeakerCache(max_size=2, ttl_s=10, timer=lambda: now[0])
+
+    async def fill(key: str) -> None:
+        async def load() -> VoiceLatents:
+            return latents()
+
+        await cache.get_or_load(key, load)
+
+    async def main() -> None:
+        for key in ("a", "b", "c"):
+            await fill(key)
+
+    asyncio.run(main())
+    assert cache.stats().evictions == 1 and cache.stats().size == 2
+    now[0] = 100.0
+    assert cache.stats().size == 0 and cache.stats().evictions == 3
+
+
+def test_invalidate_during_a_load_keeps_the_stale_result_out() -> None:
+    cache = SpeakerCache(max_size=10, ttl_s=60)
+
+    async def main() -> None:
+        async def load() -> VoiceLatents:
+            await asyncio.sleep(0.05)
+            return latents()
+
+        task = asyncio.create_task(cache.get_or_load("v", load))
+        await asyncio.sleep(0.01)
+        cache.invalidate("v")
+        await task
+
+    asyncio.run(main())
+    assert cache.stats().size == 0
+
+
+def test_store_writes_atomically_and_refuses_overwrite(tmp_path: Path) -> None:
+    store = VoiceStore(tmp_path, 1024, 512)
+    store.save("voice_1", latents(1), "One", "first", overwrite=False)
+    with pytest.raises(VoiceExists):
+        store.save("voice_1", latents(2), "Two", "", overwrite=False)
+    store.save("voice_1", latents(3), "Three", "", overwrite=True)
+    record, loaded = store.load("voice_1")
+    assert record.name == "Three"
+    assert torch.equal(loaded.gpt_cond_latent, latents(3).gpt_cond_latent)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["voice_1.safetensors"]
+
+
+@pytest.mark.parametrize("voice_id", ["../x", "", "a/b", "x" * 65, "ä", "a\0", ".hidden"])
+def test_store_refuses_ids_before_building_a_path(tmp_path: Path, voice_id: str) -> None:
+    store = VoiceStore(tmp_path / "voices", 1024, 512)
+    with pytest.raises(InvalidVoiceId):
+        store.save(voice_id, latents(), "x", "", overwrite=True)
+    assert list(tmp_path.rglob("*.safetensors")) == []
+
+
+def test_saved_voice_shadows_a_builtin_and_concurrent_resolves_load_once(
+    tiny_engine: TTSEngine, tmp_path: Path
+) -> None:
+    store = VoiceStore(tmp_path, tiny_engine.latent_dim, tiny_engine.embedding_dim)
+    loads = 0
+    original_load = store.load
+
+    def counting_load(voice_id: str):  # type: ignore[no-untyped-def]
+        nonlocal loads
+        loads += 1
+        return original_load(voice_id)
+
+    store.load = counting_load  # type: ignore[method-assign]
+    service = VoiceService(tiny_engine, store, SpeakerCache(10, 60))
+
+    async def main() -> None:
+        await service.save("saved-one", latents(5), "Saved", "", overwrite=False)
+        resolved = await asyncio.gather(*(service.resolve("saved-one") for _ in range(20)))
+        assert loads == 1
+        assert torch.equal(resolved[0].gpt_cond_latent, latents(5).gpt_cond_latent)
+        builtin = await service.resolve("Dummy Alto")
+        assert builtin is tiny_engine.builtin_speakers["Dummy Alto"]
+        with pytest.raises(VoiceNotFound):
+            await service.resolve("no-such-voice")
+        await service.delete("saved-one")
+        with pytest.raises(VoiceNotFound):
+            await service.resolve("saved-one")
+
+    asyncio.run(main())
