@@ -1,0 +1,248 @@
+"""Stream sessions: status, cancellation, disconnects, overload and shutdown, against real uvicorns."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import BUILTIN_SPEAKER, Server, start_server
+
+LONG_TEXT = " ".join(
+    f"This is sentence number {index}, which is long enough that the splitter keeps it as a piece of its own."
+    for index in range(12)
+)
+
+
+def speech(text: str = LONG_TEXT, **extra: object) -> dict[str, object]:
+    return {"text": text, "language": "en", "speaker_id": BUILTIN_SPEAKER, "seed": 1, **extra}
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 30, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def open_raw_stream(server: Server, body: dict[str, object]) -> socket.socket:
+    """POST /tts_stream on a raw socket, so the test decides exactly when the client goes away."""
+    host, port = server.url.removeprefix("http://").split(":")
+    payload = json.dumps(body).encode()
+    sock = socket.create_connection((host, int(port)))
+    sock.sendall(
+        b"POST /tts_stream HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload
+    )
+    return sock
+
+
+def read_until_audio(sock: socket.socket, min_bytes: int = 2000) -> bytes:
+    received = b""
+    while len(received) < min_bytes:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed early"
+        received += chunk
+    return received
+
+
+def status(client: httpx.Client, session_id: str) -> dict[str, object]:
+    response = client.get(f"/stream_status/{session_id}")
+    assert response.status_code == 200, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def single_slot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One slot, a queue of two, a short queue timeout."""
+    running = start_server(
+        tmp_path_factory.mktemp("single"), MAX_CONCURRENT_REQUESTS="1", MAX_QUEUE_SIZE="2", QUEUE_TIMEOUT="4"
+    )
+    yield running
+    running.stop()
+
+
+def test_status_follows_a_stream_to_completion(client: httpx.Client) -> None:
+    with client.stream("POST", "/tts_stream", json=speech("One sentence. Then another one.")) as response:
+        session_id = response.headers["x-session-id"]
+        live = status(client, session_id)
+        assert live["state"] == "generating" and live["chunks_total"] >= 1
+        body = response.read()
+    final = status(client, session_id)
+    assert final["state"] == "completed"
+    assert final["chunks_done"] == final["chunks_total"]
+    assert final["bytes_sent"] == len(body)
+    assert final["audio_seconds"] == pytest.approx((len(body) - 44) / 48000, abs=0.01)
+    assert final["first_audio_at"] >= final["created_at"] and final["finished_at"] >= final["first_audio_at"]
+    assert final["time_to_first_audio_s"] > 0 and final["error"] is None
+    assert {"queue", "latents", "prefill", "gpt_steps", "vocoder", "encode", "send"} <= set(final["timings_s"])
+
+
+def test_cancel_stops_the_stream_within_a_chunk_and_frees_the_slot(client: httpx.Client) -> None:
+    received = 0
+    with client.stream("POST", "/tts_stream", json=speech(stream_chunk_size=8)) as response:
+        session_id = response.headers["x-session-id"]
+        chunks = response.iter_raw()
+        while received < 20000:
+            received += len(next(chunks))
+        cancelled_at = time.monotonic()
+        answer = client.delete(f"/stream_cancel/{session_id}")
+        assert answer.status_code == 200
+        after_cancel = sum(len(chunk) for chunk in chunks)  # the HTTP stream ends by itself
+        ended_after_s = time.monotonic() - cancelled_at
+    assert ended_after_s < 5
+    # at most the chunk in flight (8 tokens ~ 9k samples) and what was already buffered
+    assert after_cancel < 200_000
+    final = status(client, session_id)
+    assert final["state"] == "cancelled" and final["error"] == "cancelled by request"
+    assert final["chunks_done"] < final["chunks_total"]
+    wait_for(lambda: client.get("/health").json()["requests"]["in_flight"] == 0, what="slot release")
+    again = client.delete(f"/stream_cancel/{session_id}")
+    assert again.status_code == 409 and again.json()["error"] == "session_conflict"
+
+
+def test_unknown_session_is_404(client: httpx.Client) -> None:
+    assert client.get("/stream_status/nope").status_code == 404
+    assert client.delete("/stream_cancel/nope").status_code == 404
+    assert client.get("/stream_status/bad%20id").status_code == 422
+
+
+def test_client_proposed_session_id_and_duplicates(client: httpx.Client) -> None:
+    response = client.post("/tts_stream", json=speech("Short.", session_id="my-session-1"))
+    assert response.status_code == 200 and response.headers["x-session-id"] == "my-session-1"
+    duplicate = client.post("/tts_stream", json=speech("Short.", session_id="my-session-1"))
+    assert duplicate.status_code == 409
+    assert client.post("/tts_stream", json=speech("Short.", session_id="../x")).status_code == 422
+
+
+def test_disconnect_mid_stream_stops_generation_and_frees_the_slot(client: httpx.Client, server: Server) -> None:
+    sock = open_raw_stream(server, speech(session_id="leaver-1"))
+    head = read_until_audio(sock)
+    assert b"200 OK" in head
+    sock.close()
+    wait_for(lambda: status(client, "leaver-1")["state"] == "cancelled", what="cancelled state")
+    final = status(client, "leaver-1")
+    assert final["error"] == "client disconnected"
+    health = client.get("/health").json()["requests"]
+    wait_for(lambda: client.get("/health").json()["requests"]["in_flight"] == 0, what="slot release")
+    jobs = client.get("/health").json()["requests"]["model_jobs"]
+    time.sleep(1.5)  # a thread still generating would keep submitting sentences
+    assert client.get("/health").json()["requests"]["model_jobs"] == jobs
+    assert health["queued"] == 0
+
+
+def test_queued_request_that_disconnects_never_reaches_the_model(single_slot: Server) -> None:
+    with single_slot.client() as client:
+        busy = open_raw_stream(single_slot, speech(session_id="holder"))
+        read_until_audio(busy)
+        waiting = open_raw_stream(single_slot, speech(session_id="waiter"))
+        wait_for(lambda: client.get("/health").json()["requests"]["queued"] == 1, what="queued request")
+        assert status(client, "waiter")["state"] == "queued"
+        waiting.close()
+        wait_for(lambda: status(client, "waiter")["state"] == "cancelled", what="queued cancel")
+        waiter = status(client, "waiter")
+        assert waiter["started_at"] is None and "prefill" not in waiter["timings_s"]
+        assert waiter["error"] == "client disconnected while queued"
+        busy.close()
+        wait_for(lambda: client.get("/health").json()["requests"]["in_flight"] == 0, what="slot release")
+        assert client.get("/health").json()["requests"]["queued"] == 0
+
+
+def test_a_burst_gets_only_200s_and_429s_and_capacity_returns(single_slot: Server) -> None:
+    outcomes: list[tuple[int, str | None]] = []
+    lock = threading.Lock()
+
+    def one_request() -> None:
+        with single_slot.client() as client:
+            response = client.post("/tts_stream", json=speech("A short burst request."))
+            with lock:
+                outcomes.append((response.status_code, response.headers.get("retry-after")))
+
+    threads = [threading.Thread(target=one_request) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    codes = sorted(code for code, _ in outcomes)
+    assert len(codes) == 20
+    assert set(codes) <= {200, 429}, codes
+    assert 200 in codes and 429 in codes
+    assert all(retry_after and int(retry_after) >= 1 for code, retry_after in outcomes if code == 429)
+    with single_slot.client() as client:
+        wait_for(lambda: client.get("/health").json()["requests"]["in_flight"] == 0, what="capacity back")
+        health = client.get("/health").json()["requests"]
+        assert (health["queued"], health["capacity"]) == (0, 1)
+        assert client.post("/tts_stream", json=speech("After the burst.")).status_code == 200
+
+
+def test_overload_response_is_json_with_retry_after(single_slot: Server) -> None:
+    with single_slot.client() as client:
+        holder = open_raw_stream(single_slot, speech())
+        read_until_audio(holder)
+        queued = [open_raw_stream(single_slot, speech()) for _ in range(2)]
+        wait_for(lambda: client.get("/health").json()["requests"]["queued"] == 2, what="full queue")
+        refused = client.post("/tts_stream", json=speech("No room."))
+        assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+        assert refused.json()["error"] == "overloaded"
+        health_started = time.monotonic()
+        assert client.get("/health").status_code == 200
+        assert time.monotonic() - health_started < 1.0  # health stays fast under load
+        for sock in (holder, *queued):
+            sock.close()
+        wait_for(lambda: client.get("/health").json()["requests"]["in_flight"] == 0, what="release")
+
+
+def test_readiness_is_503_while_loading_then_200(tmp_path: Path) -> None:
+    server = start_server(tmp_path, wait_ready=False)
+    seen: set[tuple[int, str]] = set()
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                ready = httpx.get(f"{server.url}/ready", timeout=2)
+            except httpx.HTTPError:
+                time.sleep(0.1)
+                continue
+            seen.add((ready.status_code, ready.json()["status"]))
+            if ready.status_code == 503:
+                speak = httpx.post(f"{server.url}/tts_stream", json=speech("Early."), timeout=10)
+                assert speak.status_code == 503 and speak.json()["error"] == "not_ready"
+            if ready.status_code == 200:
+                break
+            time.sleep(0.05)
+        assert (503, "loading") in seen and (200, "ready") in seen
+    finally:
+        server.stop()
+
+
+def test_sigterm_lets_a_running_stream_finish(tmp_path: Path) -> None:
+    server = start_server(tmp_path, SHUTDOWN_TIMEOUT="60")
+    text = "First words of a stream. And a second sentence to say after the signal arrives."
+    sock = open_raw_stream(server, speech(text))
+    received = read_until_audio(sock)
+    server.process.send_signal(signal.SIGTERM)
+    while chunk := sock.recv(65536):
+        received += chunk
+    assert received.endswith(b"0\r\n\r\n"), "the chunked response did not complete"
+    assert server.process.wait(60) in (0, -15)
+    assert "Finished server process" in server.log()
+
+
+def test_sigterm_cancels_streams_still_running_after_shutdown_timeout(tmp_path: Path) -> None:
+    server = start_server(tmp_path, SHUTDOWN_TIMEOUT="1")
+    sock = open_raw_stream(server, speech())
+    read_until_audio(sock)
+    signalled = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(60) in (0, -15)
+    assert time.monotonic() - signalled < 20
+    sock.close()
