@@ -46,7 +46,10 @@ async def _bring_up(app: FastAPI, settings: Settings, engine: TTSEngine | None) 
             loaded = await anyio.to_thread.run_sync(load_model, settings)
             engine = TTSEngine(loaded)
         logger.info(
-            "model %s on %s loaded in %.1f s%s", engine.loaded.source, engine.device, engine.loaded.load_seconds,
+            "model %s on %s loaded in %.1f s%s",
+            engine.loaded.source,
+            engine.device,
+            engine.loaded.load_seconds,
             " (DUMMY: random weights, noise not speech)" if engine.loaded.dummy else "",
         )
         state.engine = engine

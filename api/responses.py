@@ -70,7 +70,9 @@ def _code(error: Exception) -> str:
     return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
 
 
-def error_response(status: int, code: str, message: str, details: Any = None, headers: dict | None = None) -> JSONResponse:
+def error_response(
+    status: int, code: str, message: str, details: Any = None, headers: dict | None = None
+) -> JSONResponse:
     body = ErrorBody(error=code, message=message, details=details)
     return JSONResponse(jsonable_encoder(body), status_code=status, headers=headers)
 
@@ -100,8 +102,11 @@ def register_exception_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
         problems = [
-            {"field": ".".join(str(part) for part in problem["loc"][1:]) or "body", "message": problem["msg"],
-             "type": problem["type"]}
+            {
+                "field": ".".join(str(part) for part in problem["loc"][1:]) or "body",
+                "message": problem["msg"],
+                "type": problem["type"],
+            }
             for problem in error.errors()[:20]  # a bad 32x1024 list would otherwise list thousands
         ]
         message = "; ".join(f"{problem['field']}: {problem['message']}" for problem in problems[:5])

@@ -8,7 +8,6 @@ from pydantic import BaseModel, Field
 from api.deps import SessionsDep
 from api.responses import ERROR_RESPONSES
 from models.inputs import ID_PATTERN
-
 from services.sessions import StreamSession, StreamState
 
 router = APIRouter(tags=["sessions"])
@@ -32,7 +31,9 @@ class SessionStatus(BaseModel):
     finished_at: float | None
     time_to_first_audio_s: float | None
     error: str | None
-    timings_s: dict[str, float] = Field(description="Seconds per stage: queue, latents, prefill, gpt_steps, vocoder, encode, send.")
+    timings_s: dict[str, float] = Field(
+        description="Seconds per stage: queue, latents, prefill, gpt_steps, vocoder, encode, send."
+    )
 
 
 def _status(session: StreamSession) -> SessionStatus:
@@ -70,5 +71,3 @@ async def stream_cancel(sessions: SessionsDep, session_id: str = SessionId) -> S
     session = sessions.cancel(session_id)
     session.error = session.error or "cancelled by request"
     return _status(session)
-
-

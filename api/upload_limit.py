@@ -11,8 +11,11 @@ from services.errors import PayloadTooLarge
 
 def _too_large_body(limit_bytes: int) -> bytes:
     return json.dumps(
-        {"error": "payload_too_large", "message": f"upload is over MAX_UPLOAD_MB ({limit_bytes / 1e6:g} MB)",
-         "details": {"limit_bytes": limit_bytes}}
+        {
+            "error": "payload_too_large",
+            "message": f"upload is over MAX_UPLOAD_MB ({limit_bytes / 1e6:g} MB)",
+            "details": {"limit_bytes": limit_bytes},
+        }
     ).encode()
 
 
@@ -44,7 +47,15 @@ class UploadLimitMiddleware:
 
     async def _refuse(self, send: Send) -> None:
         body = _too_large_body(self.limit_bytes)
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})

@@ -61,13 +61,22 @@ def _parse_options(raw: str | None) -> CloneOptions:
 @router.post(
     "/clone_speaker",
     response_model=Latents | SavedVoiceOut,
-    responses={413: {"description": "Upload over MAX_UPLOAD_MB."}, 415: {"description": "Not audio."},
-               **ERROR_RESPONSES},
+    responses={
+        413: {"description": "Upload over MAX_UPLOAD_MB."},
+        415: {"description": "Not audio."},
+        **ERROR_RESPONSES,
+    },
 )
 async def clone_speaker(
     voices: VoicesDep,
-    wav_file: Annotated[list[UploadFile], Form(description="Reference clips (WAV, FLAC, MP3, OGG/Opus, M4A, WebM); several make one voice.")],
-    options: Annotated[str | None, Form(description='JSON, e.g. {"response_format": "save", "save_id": "my-voice", "name": "My voice"}')] = None,
+    wav_file: Annotated[
+        list[UploadFile],
+        Form(description="Reference clips (WAV, FLAC, MP3, OGG/Opus, M4A, WebM); several make one voice."),
+    ],
+    options: Annotated[
+        str | None,
+        Form(description='JSON, e.g. {"response_format": "save", "save_id": "my-voice", "name": "My voice"}'),
+    ] = None,
 ) -> Latents | SavedVoiceOut:
     """Clone a voice from reference audio: return its latents (coqui's form) or save it."""
     settings = _parse_options(options)
@@ -104,7 +113,7 @@ async def save_voice(voice_id: str, body: SaveVoiceRequest, voices: VoicesDep, e
 @router.get("/saved_voices", response_model=list[SavedVoiceOut])
 async def saved_voices(voices: VoicesDep) -> list[SavedVoiceOut]:
     """Every saved voice, oldest first."""
-    return [_out(record) for record in await voices.list()]
+    return [_out(record) for record in await voices.records()]
 
 
 @router.get("/saved_voices/{voice_id}", response_model=SavedVoiceWithLatents, responses=ERROR_RESPONSES)

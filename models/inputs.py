@@ -7,7 +7,25 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 # XTTS v2's languages; a custom checkpoint may speak fewer (the engine checks that).
-XTTS_LANGUAGES = ["en", "es", "fr", "de", "it", "pt", "pl", "tr", "ru", "nl", "cs", "ar", "zh-cn", "hu", "ko", "ja", "hi"]
+XTTS_LANGUAGES = [
+    "en",
+    "es",
+    "fr",
+    "de",
+    "it",
+    "pt",
+    "pl",
+    "tr",
+    "ru",
+    "nl",
+    "cs",
+    "ar",
+    "zh-cn",
+    "hu",
+    "ko",
+    "ja",
+    "hi",
+]
 _LANGUAGE_ALIASES = {"zh": "zh-cn", "zh-hans": "zh-cn", "zh_cn": "zh-cn"}
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
@@ -33,8 +51,11 @@ def _not_blank(value: str) -> str:
 Language = Annotated[
     str,
     AfterValidator(_normalise_language),
-    Field(description="Language of the text (ISO code; `zh` means `zh-cn`).", examples=["en"],
-          json_schema_extra={"enum": XTTS_LANGUAGES}),
+    Field(
+        description="Language of the text (ISO code; `zh` means `zh-cn`).",
+        examples=["en"],
+        json_schema_extra={"enum": XTTS_LANGUAGES},
+    ),
 ]
 
 
@@ -46,11 +67,16 @@ class GenerationOptions(BaseModel):
     top_k: int = Field(50, ge=0, le=1024, description="Sample among the k most likely tokens (0 turns it off).")
     repetition_penalty: float = Field(5.0, ge=1, le=50, description="Penalty on audio tokens already generated.")
     length_penalty: float = Field(
-        1.0, ge=-10, le=10, description="Accepted for compatibility; XTTS only uses it in beam search, which streaming does not do."
+        1.0,
+        ge=-10,
+        le=10,
+        description="Accepted for compatibility; XTTS only uses it in beam search, which streaming does not do.",
     )
     speed: float = Field(1.0, ge=0.25, le=4.0, description="Speaking rate; 1.0 is the voice's own pace.")
     stream_chunk_size: int = Field(
-        20, ge=1, le=400,
+        20,
+        ge=1,
+        le=400,
         description="Largest chunk in GPT tokens (about 46 ms of audio each). Chunks start short for a fast "
         "first sound and double up to this.",
     )
@@ -74,7 +100,9 @@ class SpeechRequest(GenerationOptions):
     )
     language: Language
     speaker_id: str | None = Field(
-        None, min_length=1, max_length=256,
+        None,
+        min_length=1,
+        max_length=256,
         description="A saved voice id or a built-in speaker name (see /saved_voices and /available_speakers).",
     )
     gpt_cond_latent: NestedFloats | None = Field(
@@ -87,7 +115,8 @@ class SpeechRequest(GenerationOptions):
         True, description="/tts_stream only: start with a WAV header; false sends bare 16-bit PCM."
     )
     session_id: str | None = Field(
-        None, pattern=ID_PATTERN,
+        None,
+        pattern=ID_PATTERN,
         description="/tts_stream only: propose the stream's session id (else one is made); a duplicate is 409.",
     )
 
@@ -134,12 +163,8 @@ class CloneOptions(BaseModel):
 class SaveVoiceRequest(BaseModel):
     """A voice to save from latents (what /clone_speaker returned, or latents from coqui's server)."""
 
-    gpt_cond_latent: NestedFloats = Field(
-        description="32 x 1024 floats, squeezed or not."
-    )
-    speaker_embedding: NestedFloats = Field(
-        description="512 floats, squeezed or not."
-    )
+    gpt_cond_latent: NestedFloats = Field(description="32 x 1024 floats, squeezed or not.")
+    speaker_embedding: NestedFloats = Field(description="512 floats, squeezed or not.")
     name: str | None = Field(None, max_length=200)
     description: str = Field("", max_length=2000)
     overwrite: bool = Field(False, description="Replace an existing voice with this id instead of answering 409.")

@@ -48,9 +48,7 @@ class VoiceRecord:
 def check_voice_id(voice_id: str) -> str:
     """Reject anything but ^[A-Za-z0-9_-]{1,64}$ before any path is built from it."""
     if not isinstance(voice_id, str) or not _ID_RE.fullmatch(voice_id):
-        raise InvalidVoiceId(
-            "voice id must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-'", pattern=ID_PATTERN
-        )
+        raise InvalidVoiceId("voice id must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-'", pattern=ID_PATTERN)
     return voice_id
 
 
@@ -78,9 +76,7 @@ class VoiceStore:
     def exists(self, voice_id: str) -> bool:
         return self._path(voice_id).is_file()
 
-    def save(
-        self, voice_id: str, latents: VoiceLatents, name: str, description: str, overwrite: bool
-    ) -> VoiceRecord:
+    def save(self, voice_id: str, latents: VoiceLatents, name: str, description: str, overwrite: bool) -> VoiceRecord:
         """Write a voice: temporary file in the same folder, fsync, then rename (or link, to refuse overwrites)."""
         path = self._path(voice_id)
         if not overwrite and path.exists():
@@ -143,7 +139,7 @@ class VoiceStore:
             raise VoiceUnreadable(f"saved voice {voice_id!r} does not fit this model: {error}") from error
         return self._record(voice_id, path, metadata), latents
 
-    def list(self) -> list[VoiceRecord]:
+    def records(self) -> list[VoiceRecord]:
         """Every readable voice, oldest first; unreadable files are logged and skipped."""
         records = []
         for path in self.root.glob(f"*{_SUFFIX}"):
@@ -176,4 +172,3 @@ class VoiceStore:
             created_at=metadata.get("created_at", ""),
             size_bytes=path.stat().st_size,
         )
-

@@ -59,9 +59,7 @@ def decode_reference(data: bytes, filename: str, max_seconds: float) -> np.ndarr
             "-f", "f32le", "pipe:1",
         ]  # fmt: skip
         try:
-            result = subprocess.run(
-                command, capture_output=True, timeout=DECODE_TIMEOUT_S, check=False
-            )
+            result = subprocess.run(command, capture_output=True, timeout=DECODE_TIMEOUT_S, check=False)
         except subprocess.TimeoutExpired:
             raise InvalidAudio(f"{filename!r} took too long to decode", filename=filename) from None
         except FileNotFoundError:
@@ -82,7 +80,8 @@ def check_usable(samples: np.ndarray, filename: str) -> None:
     if seconds < MIN_SECONDS:
         raise InvalidAudio(
             f"{filename!r} has {seconds:.2f} s of audio; cloning needs at least {MIN_SECONDS:g} s (3-10 s is best)",
-            filename=filename, seconds=round(seconds, 3),
+            filename=filename,
+            seconds=round(seconds, 3),
         )
     if not np.isfinite(samples).all() or float(np.abs(samples).max()) < SILENCE_PEAK:
         raise InvalidAudio(f"{filename!r} is silent; cloning needs speech", filename=filename)

@@ -103,7 +103,7 @@ def sample_audio_latents(
 
     for step in range(limit):
         step_started = time.perf_counter()
-        scores = processors(input_ids, gpt.mel_head(latent).float())
+        scores = processors(input_ids, gpt.mel_head(latent).float())  # type: ignore[arg-type]
         token = torch.multinomial(F.softmax(scores, dim=-1), num_samples=1, generator=generator)
         timings.gpt_steps_s += time.perf_counter() - step_started
         timings.tokens += 1

@@ -66,7 +66,9 @@ def _download_v2() -> Path:
     try:
         model_path, _config_path, _item = manager.download_model(XTTS_V2_NAME)
     except Exception as error:  # network, hub or disk: all mean "no model", said once
-        raise ModelUnavailable(f"could not download XTTS v2 ({error.__class__.__name__}: {error}); {WAYS_OUT}") from error
+        raise ModelUnavailable(
+            f"could not download XTTS v2 ({error.__class__.__name__}: {error}); {WAYS_OUT}"
+        ) from error
     return model_path if model_path.is_dir() else model_path.parent
 
 

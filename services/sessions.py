@@ -6,14 +6,14 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from cachetools import TTLCache
 
 from services.errors import SessionConflict, SessionNotFound
 
 
-class StreamState(str, Enum):
+class StreamState(StrEnum):
     """Where a stream is in its life."""
 
     QUEUED = "queued"

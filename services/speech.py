@@ -97,4 +97,3 @@ class SpeechService:
             ),
             seed=request.seed,
         )
-

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import textwrap
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import torch
@@ -26,7 +26,7 @@ def tokenizer_language(language: str) -> str:
     return language.split("-")[0]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sentencizer(lang: str) -> Any:
     # coqui's split_sentence builds a new spaCy pipeline per call (~0.1 s); build each language's once.
     nlp = get_spacy_lang(lang)

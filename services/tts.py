@@ -101,8 +101,16 @@ class TTSEngine:
 
         def generate() -> None:
             for _ in stream_sentence(
-                self.model, sentences[0].tokens.to(self.device), voice.gpt_cond_latent, voice.speaker_embedding,
-                sampling, ChunkSchedule(), 1.0, None, threading.Event(), StepTimings(),
+                self.model,
+                sentences[0].tokens.to(self.device),
+                voice.gpt_cond_latent,
+                voice.speaker_embedding,
+                sampling,
+                ChunkSchedule(),
+                1.0,
+                None,
+                threading.Event(),
+                StepTimings(),
             ):
                 pass
 

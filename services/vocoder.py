@@ -10,6 +10,7 @@ that the samples it emits equal a one-shot decode of the same latents (to float 
 from __future__ import annotations
 
 import math
+
 import torch
 from torch.nn.utils import parametrize
 from TTS.tts.layers.xtts.hifigan_decoder import HifiDecoder

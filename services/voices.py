@@ -73,8 +73,8 @@ class VoiceService:
         record, latents = await anyio.to_thread.run_sync(self.store.load, voice_id)
         return SavedVoice(record, latents)
 
-    async def list(self) -> list[VoiceRecord]:
-        return await anyio.to_thread.run_sync(self.store.list)
+    async def records(self) -> list[VoiceRecord]:
+        return await anyio.to_thread.run_sync(self.store.records)
 
     async def delete(self, voice_id: str) -> None:
         check_voice_id(voice_id)

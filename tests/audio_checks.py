@@ -41,6 +41,8 @@ def ffprobe(data: bytes) -> dict:
     """ffprobe's view of an audio file's first stream and format."""
     result = subprocess.run(
         ["ffprobe", "-v", "error", "-print_format", "json", "-show_streams", "-show_format", "-i", "pipe:0"],
-        input=data, capture_output=True, check=True,
+        input=data,
+        capture_output=True,
+        check=True,
     )
     return json.loads(result.stdout)

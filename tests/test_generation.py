@@ -59,21 +59,38 @@ def test_sampler_picks_the_tokens_coqui_generate_picks(
     with torch.inference_mode():
         torch.manual_seed(7)
         expected = model.gpt.generate(
-            cond_latents=voice["gpt_cond_latent"], text_inputs=tokens, do_sample=True, top_p=0.85, top_k=50,
-            temperature=0.75, num_return_sequences=1, num_beams=1, length_penalty=1.0, repetition_penalty=5.0,
+            cond_latents=voice["gpt_cond_latent"],
+            text_inputs=tokens,
+            do_sample=True,
+            top_p=0.85,
+            top_k=50,
+            temperature=0.75,
+            num_return_sequences=1,
+            num_beams=1,
+            length_penalty=1.0,
+            repetition_penalty=5.0,
         )[0].tolist()
         torch.manual_seed(7)
         steps = list(
             sample_audio_latents(
-                model.gpt, voice["gpt_cond_latent"], tokens, SamplingSettings(repetition_penalty=5.0), None,
+                model.gpt,
+                voice["gpt_cond_latent"],
+                tokens,
+                SamplingSettings(repetition_penalty=5.0),
+                None,
                 StepTimings(),
             )
         )
         codes = torch.tensor([[token for token, _ in steps]])
         # coqui's one-shot inference recomputes the latents with a teacher-forced pass
         one_shot_latents = model.gpt(
-            tokens, torch.tensor([tokens.shape[-1]]), codes, torch.tensor([codes.shape[-1] * 1024]),
-            cond_latents=voice["gpt_cond_latent"], return_attentions=False, return_latent=True,
+            tokens,
+            torch.tensor([tokens.shape[-1]]),
+            codes,
+            torch.tensor([codes.shape[-1] * 1024]),
+            cond_latents=voice["gpt_cond_latent"],
+            return_attentions=False,
+            return_latent=True,
         )
     assert [token for token, _ in steps] == expected
     streamed_latents = torch.cat([latent for _, latent in steps])[None]
@@ -94,9 +111,16 @@ def test_stream_equals_coquis_one_shot_inference(tiny_loaded: LoadedModel, voice
         tokens = torch.IntTensor(model.tokenizer.encode(text, "en")).unsqueeze(0)
         chunks = list(
             stream_sentence(
-                model, tokens, voice["gpt_cond_latent"], voice["speaker_embedding"],
-                SamplingSettings(repetition_penalty=5.0), ChunkSchedule(first_tokens=2, max_tokens=8), 1.0, None,
-                threading.Event(), StepTimings(),
+                model,
+                tokens,
+                voice["gpt_cond_latent"],
+                voice["speaker_embedding"],
+                SamplingSettings(repetition_penalty=5.0),
+                ChunkSchedule(first_tokens=2, max_tokens=8),
+                1.0,
+                None,
+                threading.Event(),
+                StepTimings(),
             )
         )
     assert len(chunks) >= 4
@@ -111,8 +135,16 @@ def test_cancel_stops_within_one_token(tiny_loaded: LoadedModel, voice: dict[str
     tokens = torch.IntTensor(model.tokenizer.encode("hello world.", "en")).unsqueeze(0)
     with torch.inference_mode():
         stream = stream_sentence(
-            model, tokens, voice["gpt_cond_latent"], voice["speaker_embedding"], SamplingSettings(min_new_tokens=30),
-            ChunkSchedule(first_tokens=1, max_tokens=1), 1.0, None, cancel, timings,
+            model,
+            tokens,
+            voice["gpt_cond_latent"],
+            voice["speaker_embedding"],
+            SamplingSettings(min_new_tokens=30),
+            ChunkSchedule(first_tokens=1, max_tokens=1),
+            1.0,
+            None,
+            cancel,
+            timings,
         )
         next(stream)
         tokens_at_cancel = timings.tokens

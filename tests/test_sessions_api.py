@@ -41,7 +41,8 @@ def open_raw_stream(server: Server, body: dict[str, object]) -> socket.socket:
     sock = socket.create_connection((host, int(port)))
     sock.sendall(
         b"POST /tts_stream HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-        + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload
+        + f"Content-Length: {len(payload)}\r\n\r\n".encode()
+        + payload
     )
     return sock
 

@@ -106,8 +106,10 @@ def test_latents_squeezed_or_not_both_work(client: httpx.Client) -> None:
         "gpt_cond_latent": [latents["gpt_cond_latent"]],
         "speaker_embedding": [[value] for value in latents["speaker_embedding"]],
     }
-    flat = {"gpt_cond_latent": np.array(latents["gpt_cond_latent"]).ravel().tolist(),
-            "speaker_embedding": latents["speaker_embedding"]}
+    flat = {
+        "gpt_cond_latent": np.array(latents["gpt_cond_latent"]).ravel().tolist(),
+        "speaker_embedding": latents["speaker_embedding"],
+    }
     for voice in (unsqueezed, flat):
         response = client.post("/tts_stream", json={"text": "Hi.", "language": "en", **voice})
         assert response.status_code == 200, response.text
@@ -188,9 +190,17 @@ def test_info_endpoints(client: httpx.Client, server: Server) -> None:
 
 @pytest.mark.parametrize("language", ["en", "de", "zh-cn", "ja", "ko", "ru", "ar", "hi"])
 def test_every_script_streams(client: httpx.Client, language: str) -> None:
-    texts = {"en": "Hello.", "de": "Guten Tag.", "zh-cn": "你好。", "ja": "こんにちは。", "ko": "안녕하세요.",
-             "ru": "Привет.", "ar": "مرحبا.", "hi": "नमस्ते।"}
+    texts = {
+        "en": "Hello.",
+        "de": "Guten Tag.",
+        "zh-cn": "你好。",
+        "ja": "こんにちは。",
+        "ko": "안녕하세요.",
+        "ru": "Привет.",
+        "ar": "مرحبا.",
+        "hi": "नमस्ते।",
+    }
     response = client.post("/tts_stream", json={**speech(texts[language]), "language": language, "seed": 1})
     assert response.status_code == 200, response.text
-    header, samples = parse_streamed_wav(response.content)
+    _header, samples = parse_streamed_wav(response.content)
     assert samples.size > 0

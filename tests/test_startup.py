@@ -34,7 +34,12 @@ def test_a_bad_setting_stops_start_up_with_one_line_naming_it() -> None:
 
 def test_without_a_model_start_up_fails_naming_the_three_ways_out(tmp_path: Path) -> None:
     result = run_server_briefly(
-        {"HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path), "PORT": str(free_port()), "VOICES_DIR": str(tmp_path / "v")}
+        {
+            "HOME": str(tmp_path),
+            "XDG_DATA_HOME": str(tmp_path),
+            "PORT": str(free_port()),
+            "VOICES_DIR": str(tmp_path / "v"),
+        }
     )
     assert result.returncode == 1, result.stderr[-2000:]
     message = result.stderr

@@ -15,7 +15,13 @@ import pytest
 from tests.audio_checks import assert_pcm_wav
 from tests.conftest import Server, start_server
 
-FORMATS = {"wav": [], "flac": [], "mp3": ["-b:a", "64k"], "ogg": ["-c:a", "libopus", "-ar", "48000"], "m4a": ["-c:a", "aac"]}
+FORMATS = {
+    "wav": [],
+    "flac": [],
+    "mp3": ["-b:a", "64k"],
+    "ogg": ["-c:a", "libopus", "-ar", "48000"],
+    "m4a": ["-c:a", "aac"],
+}
 
 
 def make_clip(folder: Path, extension: str, seconds: float = 3.0, silent: bool = False, rate: int = 44100) -> Path:
@@ -51,9 +57,7 @@ def voices_dir(server: Server) -> Path:
 
 
 @pytest.mark.parametrize("extension", sorted(FORMATS))
-def test_clone_from_each_format_returns_coqui_shaped_latents(
-    client: httpx.Client, clips: Path, extension: str
-) -> None:
+def test_clone_from_each_format_returns_coqui_shaped_latents(client: httpx.Client, clips: Path, extension: str) -> None:
     response = clone(client, make_clip(clips, extension))
     assert response.status_code == 200, response.text
     latents = response.json()
@@ -63,8 +67,13 @@ def test_clone_from_each_format_returns_coqui_shaped_latents(
 
 def test_seed_readme_flow_clone_save_then_stream_by_id(client: httpx.Client, clips: Path) -> None:
     response = clone(
-        client, make_clip(clips, "wav"), response_format="save", save_id="my-voice", name="My voice",
-        description="a test voice", overwrite=True,
+        client,
+        make_clip(clips, "wav"),
+        response_format="save",
+        save_id="my-voice",
+        name="My voice",
+        description="a test voice",
+        overwrite=True,
     )
     assert response.status_code == 200, response.text
     record = response.json()
@@ -164,8 +173,10 @@ def test_unusable_uploads_get_a_clear_4xx(
 
 def test_forged_wav_header_does_not_hang_or_exhaust(client: httpx.Client) -> None:
     # claims 4 GB of 8-channel 384 kHz audio, holds 1 kB
-    forged = b"RIFF\xff\xff\xff\xffWAVEfmt \x10\x00\x00\x00\x01\x00\x08\x00\x00\xdc\x05\x00" \
+    forged = (
+        b"RIFF\xff\xff\xff\xffWAVEfmt \x10\x00\x00\x00\x01\x00\x08\x00\x00\xdc\x05\x00"
         b"\x00\x00\x00\x00\x10\x00\x10\x00data\xff\xff\xff\xff" + bytes(1000)
+    )
     response = clone(client, _write(client, forged))
     assert response.status_code == 400
     assert client.get("/health").status_code == 200
@@ -199,8 +210,9 @@ def test_upload_over_max_upload_mb_is_413(client: httpx.Client, server: Server) 
 )
 def test_bad_clone_options_are_422(client: httpx.Client, clips: Path, options: str, needle: str) -> None:
     clip = make_clip(clips, "wav")
-    response = client.post("/clone_speaker", files={"wav_file": (clip.name, clip.read_bytes())},
-                           data={"options": options})
+    response = client.post(
+        "/clone_speaker", files={"wav_file": (clip.name, clip.read_bytes())}, data={"options": options}
+    )
     assert response.status_code == 422, response.text
     assert needle in response.text
 
