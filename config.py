@@ -7,16 +7,19 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+import psutil
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-def _cpu_count() -> int:
-    # sched_getaffinity respects container CPU pinning, unlike os.cpu_count().
+def _physical_cores() -> int:
+    """Cores this process may use, not counting SMT siblings: torch's kernels lose speed on hyperthreads."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        allowed = len(os.sched_getaffinity(0))  # respects container CPU pinning, unlike os.cpu_count()
     except AttributeError:  # pragma: no cover - non-Linux
-        return max(1, os.cpu_count() or 1)
+        allowed = os.cpu_count() or 1
+    physical = psutil.cpu_count(logical=False) or allowed
+    return max(1, min(allowed, physical))
 
 
 class Settings(BaseSettings):
@@ -30,8 +33,8 @@ class Settings(BaseSettings):
     """TCP port uvicorn listens on."""
     DEBUG: bool = False
     """Debug logging, including per-chunk timings."""
-    NUM_THREADS: int = Field(default_factory=_cpu_count, ge=1, le=1024)
-    """Threads torch may use for one generation (defaults to the CPU cores this process may run on)."""
+    NUM_THREADS: int = Field(default_factory=_physical_cores, ge=1, le=1024)
+    """Threads torch uses (defaults to the physical cores this process may run on)."""
     MAX_CONCURRENT_REQUESTS: int = Field(10, ge=1, le=1000)
     """Synthesis requests admitted at once; the model still runs one generation step at a time."""
     MAX_QUEUE_SIZE: int = Field(32, ge=0, le=10000)
@@ -60,12 +63,14 @@ class Settings(BaseSettings):
     """Megabytes a cloning upload may have, all files together."""
     STREAM_FIRST_CHUNK_TOKENS: int = Field(4, ge=1, le=200)
     """GPT tokens in the first streamed chunk of a sentence; later chunks double up to stream_chunk_size."""
+    MAX_AUDIO_TOKENS: int | None = Field(None, ge=8, le=10000)
+    """Cap on GPT audio tokens per sentence (~46 ms each; XTTS v2 allows 602): stops runaway generations."""
     SESSION_HISTORY_SIZE: int = Field(1000, ge=1, le=1_000_000)
     """Finished stream sessions kept for /stream_status."""
     SESSION_HISTORY_TTL: float = Field(3600.0, gt=0)
     """Seconds a finished stream session stays visible in /stream_status."""
 
-    @field_validator("CUSTOM_MODEL_PATH", "DUMMY_MODEL", mode="before")
+    @field_validator("CUSTOM_MODEL_PATH", "DUMMY_MODEL", "MAX_AUDIO_TOKENS", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value

@@ -62,7 +62,13 @@ async def _bring_up(app: FastAPI, settings: Settings, engine: TTSEngine | None) 
         await voices.preload(settings.preload_voice_ids)
         state.voices = voices
         state.speech = SpeechService(
-            engine, voices, state.sessions, state.gate, settings.MAX_TEXT_LENGTH, settings.STREAM_FIRST_CHUNK_TOKENS
+            engine,
+            voices,
+            state.sessions,
+            state.gate,
+            settings.MAX_TEXT_LENGTH,
+            settings.STREAM_FIRST_CHUNK_TOKENS,
+            settings.MAX_AUDIO_TOKENS,
         )
         state.status = "ready"
         logger.info("ready: http://%s:%d/ (Swagger UI)", settings.HOST, settings.PORT)

@@ -17,9 +17,13 @@ _UNKNOWN_SIZE = 0xFFFFFFFF
 
 
 def to_pcm16(wav: torch.Tensor) -> bytes:
-    """Float waveform in [-1, 1] to little-endian 16-bit PCM bytes (clipped as coqui's server does)."""
-    samples = (wav.detach().clamp(-1.0, 1.0) * 32767).to(torch.int16)
-    return samples.cpu().numpy().astype("<i2", copy=False).tobytes()
+    """Float waveform in [-1, 1] to little-endian 16-bit PCM bytes (clipped as coqui's server does).
+
+    Scales in place: callers hand over a chunk they no longer need, so the only copies are the
+    int16 cast and the bytes object the response needs anyway.
+    """
+    samples = wav.detach().clamp_(-1.0, 1.0).mul_(32767).to(device="cpu", dtype=torch.int16)
+    return samples.numpy().astype("<i2", copy=False).tobytes()
 
 
 def wav_header(data_bytes: int | None, sample_rate: int = OUTPUT_SAMPLE_RATE) -> bytes:

@@ -30,6 +30,7 @@ class SpeechService:
         gate: AdmissionGate,
         max_text_length: int,
         first_chunk_tokens: int,
+        max_audio_tokens: int | None = None,
     ) -> None:
         self.engine = engine
         self.voices = voices
@@ -37,6 +38,7 @@ class SpeechService:
         self.gate = gate
         self.max_text_length = max_text_length
         self.first_chunk_tokens = first_chunk_tokens
+        self.max_audio_tokens = max_audio_tokens
 
     async def start(self, request: SpeechRequest) -> AudioStream:
         """An admitted stream; raises a ServiceError (and holds nothing) if the request cannot be served."""
@@ -89,6 +91,7 @@ class SpeechService:
                 top_p=request.top_p,
                 top_k=request.top_k,
                 repetition_penalty=request.repetition_penalty,
+                max_new_tokens=self.max_audio_tokens,
             ),
             speed=request.speed,
             schedule=ChunkSchedule(

@@ -3,8 +3,9 @@
 coqui's `inference_stream` re-decodes every latent generated so far at each chunk, so a stream costs
 O(n^2) in the sentence length. Here the latent -> frame resampling that `HifiDecoder.forward` does with
 `F.interpolate` is recomputed for just the frames a chunk needs (it is a local linear interpolation), and
-the HiFi-GAN, whose receptive field is finite, runs over those frames with enough context on both sides
-that the samples it emits equal a one-shot decode of the same latents (to float rounding).
+the HiFi-GAN, whose receptive field is finite, runs over those frames with a few frames of context on
+both sides, so the concatenated chunks match a one-shot decode of the same latents (measured: 71 dB SNR
+with a boundary every 4 tokens; exact to float rounding with 10 frames of context).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import torch
 from torch.nn.utils import parametrize
 from TTS.tts.layers.xtts.hifigan_decoder import HifiDecoder
 
-# HiFi-GAN frames either side of a window that differ from a whole-sequence decode
-# (measured: a change in one frame moves the output within about +-9 frames).
-DECODER_CONTEXT_FRAMES = 10
+# HiFi-GAN frames decoded either side of a chunk and thrown away. Its receptive field is about +-9
+# frames; its far edge contributes little, so 6 keeps chunk seams 70 dB below the signal while costing
+# 40% less recomputation than exact (10). Each frame is 256 samples, so this is also the lookahead.
+DECODER_CONTEXT_FRAMES = 6
 
 
 def fold_weight_norm(decoder: HifiDecoder) -> int:

@@ -204,3 +204,35 @@ def test_every_script_streams(client: httpx.Client, language: str) -> None:
     assert response.status_code == 200, response.text
     _header, samples = parse_streamed_wav(response.content)
     assert samples.size > 0
+
+
+def test_concurrent_streams_take_turns_and_sound_as_if_alone(client: httpx.Client, server: Server) -> None:
+    """Streams interleave chunk by chunk on the one model thread without sharing any generation state."""
+    bodies = [speech(THREE_SENTENCES, seed=101), speech(THREE_SENTENCES, seed=102)]
+    alone = [client.post("/tts_stream", json=body).content for body in bodies]
+    together: dict[int, bytes] = {}
+    first_audio_at: dict[int, float] = {}
+    finished_at: dict[int, float] = {}
+    started = time.perf_counter()
+
+    def run(index: int) -> None:
+        with server.client() as own, own.stream("POST", "/tts_stream", json=bodies[index]) as response:
+            received = b""
+            for chunk in response.iter_raw():
+                received += chunk
+                if len(received) > 44 and index not in first_audio_at:
+                    first_audio_at[index] = time.perf_counter() - started
+            together[index] = received
+            finished_at[index] = time.perf_counter() - started
+
+    import threading
+
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(2)]
+    threads[0].start()
+    time.sleep(0.3)
+    threads[1].start()
+    for thread in threads:
+        thread.join(120)
+    assert together[0] == alone[0] and together[1] == alone[1]
+    # the second stream did not wait for the first to finish
+    assert first_audio_at[1] < finished_at[0] - 0.5, (first_audio_at, finished_at)

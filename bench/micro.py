@@ -1,0 +1,94 @@
+"""Micro-benchmarks of the smaller wins, each against what it replaces."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from services.audio import to_pcm16
+from services.cache import SpeakerCache
+from services.cloning import CloneSettings, compute_voice_latents
+from services.gpt_sampler import SamplingSettings, StepTimings
+from services.latents import VoiceLatents
+from services.synthesis import ChunkSchedule, stream_sentence
+from services.tts import TTSEngine
+
+
+def _median_s(work: Callable[[], object], repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        work()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def _old_to_pcm16(wav: torch.Tensor) -> bytes:
+    samples = (wav.detach().clamp(-1.0, 1.0) * 32767).to(torch.int16)
+    return samples.cpu().numpy().astype("<i2", copy=False).tobytes()
+
+
+def _generate(engine: TTSEngine, voice: VoiceLatents, tokens: int) -> None:
+    text = torch.IntTensor(engine.model.tokenizer.encode("hello there.", "en")).unsqueeze(0).to(engine.device)
+    for _ in stream_sentence(
+        engine.model, text, voice.gpt_cond_latent, voice.speaker_embedding,
+        SamplingSettings(min_new_tokens=tokens, max_new_tokens=tokens), ChunkSchedule(), 1.0, None,
+        threading.Event(), StepTimings(),
+    ):  # fmt: skip
+        pass
+
+
+def smaller_wins(engine: TTSEngine, stock: Any, voice: VoiceLatents) -> dict[str, dict[str, float | str]]:
+    """Each win as (before, after) seconds; the engine must be idle (this runs on the caller's thread)."""
+    wins: dict[str, dict[str, float | str]] = {}
+    latents = torch.randn(1, 100, engine.latent_dim, device=engine.device)
+    with torch.inference_mode():
+        before = _median_s(lambda: stock.hifigan_decoder(latents, g=voice.speaker_embedding))
+        after = _median_s(lambda: engine.model.hifigan_decoder(latents, g=voice.speaker_embedding))
+    wins["weight_norm_folded (vocoder, 100 latents)"] = {"before_s": before, "after_s": after}
+
+    reference = [np.random.default_rng(0).standard_normal(22050 * 6).astype(np.float32) * 0.1]
+    with torch.inference_mode():
+        compute = _median_s(lambda: compute_voice_latents(engine.model, reference, CloneSettings()), repeats=2)
+    cache = SpeakerCache(10, 60)
+
+    async def load() -> VoiceLatents:
+        return voice
+
+    async def hits() -> float:
+        await cache.get_or_load("v", load)
+        started = time.perf_counter()
+        await cache.get_or_load("v", load)
+        return time.perf_counter() - started
+
+    wins["cached voice latents (6 s reference)"] = {"before_s": compute, "after_s": asyncio.run(hits())}
+
+    with torch.no_grad():
+        no_grad = _median_s(lambda: _generate(engine, voice, 24), repeats=2)
+    with torch.inference_mode():
+        inference = _median_s(lambda: _generate(engine, voice, 24), repeats=2)
+    wins["inference_mode vs no_grad (24 tokens)"] = {"before_s": no_grad, "after_s": inference}
+
+    chosen = torch.get_num_threads()
+    torch.set_num_threads(max(1, chosen // 2) if chosen > 1 else 1)
+    with torch.inference_mode():
+        fewer = _median_s(lambda: _generate(engine, voice, 24), repeats=2)
+    torch.set_num_threads(chosen)
+    wins[f"threads: {max(1, chosen // 2)} vs {chosen} (physical cores)"] = {"before_s": fewer, "after_s": inference}
+
+    chunk = torch.rand(24000 * 2) * 2 - 1
+    before = _median_s(lambda: [_old_to_pcm16(chunk.clone()) for _ in range(50)])
+    after = _median_s(lambda: [to_pcm16(chunk.clone()) for _ in range(50)])
+    wins["pcm16 encode in place (50 x 2 s chunks)"] = {"before_s": before, "after_s": after}
+    for row in wins.values():
+        row["speedup"] = f"{float(row['before_s']) / max(float(row['after_s']), 1e-9):.2f}x"
+    return wins
