@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: run test lint bench system-deps clean
+.PHONY: run test lint bench system-deps browser-deps clean
 
 # Debian's ffmpeg decodes uploads and provides the libraries torchcodec loads.
 system-deps:
@@ -15,6 +15,17 @@ system-deps:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg util-linux >/dev/null; \
 	  else \
 	    echo "ffmpeg is missing: run 'sudo apt-get install ffmpeg' and then this command again" >&2; exit 1; \
+	  fi; \
+	fi
+
+# Debian's Chromium for the browser test of /demo (Playwright drives it; it downloads no browser).
+browser-deps:
+	@if ! command -v chromium >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian's chromium"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "chromium is missing: the browser test will be skipped ('sudo apt-get install chromium')" >&2; \
 	  fi; \
 	fi
 
@@ -31,7 +42,7 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 run: system-deps $(VENV)/.runtime
 	$(PY) run.py
 
-test: system-deps $(VENV)/.dev
+test: system-deps browser-deps $(VENV)/.dev
 	$(PY) -m pytest
 
 lint: $(VENV)/.dev

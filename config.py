@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     """Megabytes a cloning upload may have, all files together."""
     STREAM_FIRST_CHUNK_TOKENS: int = Field(4, ge=1, le=200)
     """GPT tokens in the first streamed chunk of a sentence; later chunks double up to stream_chunk_size."""
+    DEFAULT_LANGUAGE: str = "en"
+    """Language for /v1/audio/speech when the request has none and detection is unsure."""
+    OPENAI_VOICE_MAP: str = ""
+    """OpenAI voice names to voices, e.g. `alloy=my-voice,echo=Claribel Dervla`."""
+    OPENAI_DEFAULT_VOICE: str = ""
+    """Voice for OpenAI voice names not in OPENAI_VOICE_MAP (default: the first built-in speaker)."""
     MAX_AUDIO_TOKENS: int | None = Field(None, ge=8, le=10000)
     """Cap on GPT audio tokens per sentence (~46 ms each; XTTS v2 allows 602): stops runaway generations."""
     SESSION_HISTORY_SIZE: int = Field(1000, ge=1, le=1_000_000)
@@ -74,6 +80,12 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
+
+    @property
+    def openai_voice_map(self) -> dict[str, str]:
+        """OPENAI_VOICE_MAP as a dict."""
+        pairs = (item.split("=", 1) for item in self.OPENAI_VOICE_MAP.split(",") if "=" in item)
+        return {name.strip().lower(): voice.strip() for name, voice in pairs if name.strip() and voice.strip()}
 
     @property
     def preload_voice_ids(self) -> list[str]:

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 import anyio
 from fastapi import FastAPI
 
+from api.observability import RequestCountMiddleware
 from api.responses import register_exception_handlers
 from api.routes import router
 from api.upload_limit import UploadLimitMiddleware
@@ -22,8 +23,9 @@ from models.voice_storage import VoiceStore
 from services.admission import AdmissionGate
 from services.cache import SpeakerCache
 from services.errors import ModelUnavailable
+from services.metrics import LiveFigures, Metrics
 from services.model_loader import load_model
-from services.sessions import SessionRegistry
+from services.sessions import SessionRegistry, log_session
 from services.speech import SpeechService
 from services.tts import TTSEngine
 from services.utils import configure_logging
@@ -96,9 +98,14 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.status = "loading"
     state.failure = None
     state.engine = state.voices = state.speech = None
-    state.sessions = SessionRegistry(settings.SESSION_HISTORY_SIZE, settings.SESSION_HISTORY_TTL)
     state.gate = AdmissionGate(settings.MAX_CONCURRENT_REQUESTS, settings.MAX_QUEUE_SIZE, settings.QUEUE_TIMEOUT)
     state.cache = SpeakerCache(settings.SPEAKER_CACHE_MAX_SIZE, settings.SPEAKER_CACHE_TTL)
+    state.metrics = Metrics(_live_figures(app))
+    state.sessions = SessionRegistry(
+        settings.SESSION_HISTORY_SIZE,
+        settings.SESSION_HISTORY_TTL,
+        on_finish=[log_session, state.metrics.observe_session],
+    )
     bring_up = asyncio.create_task(_bring_up(app, settings, state.preset_engine))
     try:
         yield
@@ -112,6 +119,22 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             session.cancel_event.set()
         if state.engine is not None:
             await anyio.to_thread.run_sync(state.engine.shutdown)
+
+
+def _live_figures(app: FastAPI) -> LiveFigures:
+    state = app.state
+
+    def cache() -> tuple[int, int, int, int]:
+        stats = state.cache.stats()
+        return stats.size, stats.hits, stats.misses, stats.evictions
+
+    return LiveFigures(
+        in_flight=lambda: state.gate.in_flight,
+        queued=lambda: state.gate.queued,
+        capacity=lambda: state.gate.capacity,
+        cache=cache,
+        model_load_seconds=lambda: state.engine.loaded.load_seconds if state.engine is not None else None,
+    )
 
 
 def begin_draining(app: FastAPI) -> None:
@@ -138,4 +161,5 @@ def create_app(settings: Settings | None = None, engine: TTSEngine | None = None
     register_exception_handlers(app)
     app.include_router(router)
     app.add_middleware(UploadLimitMiddleware, limit_bytes=int(settings.MAX_UPLOAD_MB * 1_000_000))
+    app.add_middleware(RequestCountMiddleware)
     return app

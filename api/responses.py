@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -17,6 +18,7 @@ from starlette.types import Receive, Scope, Send
 
 from models.voice_storage import VoiceUnreadable
 from services import errors
+from services.encoders import AudioEncoder
 from services.latents import InvalidLatents
 from services.tts import AudioStream
 
@@ -53,6 +55,7 @@ _STATUS_BY_ERROR: list[tuple[type[Exception], int]] = [
     (errors.UnsupportedLanguage, 400),
     (errors.InvalidAudio, 400),
     (errors.VoiceNotFound, 404),
+    (errors.ModelNotFound, 404),
     (errors.SessionNotFound, 404),
     (errors.VoiceExists, 409),
     (errors.SessionConflict, 409),
@@ -97,7 +100,7 @@ def register_exception_handlers(app: FastAPI) -> None:
             headers = {"Retry-After": "5"}
         if status >= 500:
             logger.error("%s %s: %s", request.method, request.url.path, error.message)
-        return error_response(status, _code(error), error.message, error.details or None, headers)
+        return error_response(request, status, _code(error), error.message, error.details or None, headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -110,12 +113,14 @@ def register_exception_handlers(app: FastAPI) -> None:
             for problem in error.errors()[:20]  # a bad 32x1024 list would otherwise list thousands
         ]
         message = "; ".join(f"{problem['field']}: {problem['message']}" for problem in problems[:5])
-        return error_response(422, "validation_error", message, problems)
+        return error_response(request, 422, "validation_error", message, problems)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
-        return error_response(error.status_code, code, str(error.detail), headers=getattr(error, "headers", None))
+        return error_response(
+            request, error.status_code, code, str(error.detail), headers=getattr(error, "headers", None)
+        )
 
     @app.exception_handler(ClientDisconnected)
     async def client_gone(request: Request, error: ClientDisconnected) -> Response:
@@ -124,7 +129,7 @@ def register_exception_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
         logger.exception("%s %s failed", request.method, request.url.path)
-        return error_response(500, "internal_error", "internal server error; the server log has the details")
+        return error_response(request, 500, "internal_error", "internal server error; the server log has the details")
 
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -137,11 +142,20 @@ class AudioStreamResponse(Response):
     body never started, and it watches for http.disconnect itself whatever the ASGI spec version.
     """
 
-    def __init__(self, stream: AudioStream, prefix: bytes, media_type: str, headers: dict[str, str]) -> None:
-        super().__init__(content=b"", media_type=media_type, headers={**STREAM_HEADERS, **headers})
+    def __init__(self, stream: AudioStream, encoder: AudioEncoder, headers: dict[str, str]) -> None:
+        super().__init__(content=b"", media_type=encoder.media_type, headers={**STREAM_HEADERS, **headers})
         del self.headers["content-length"]
         self.stream = stream
-        self.prefix = prefix
+        self.encoder = encoder
+
+    async def _encoded(self, work: Callable[..., bytes], *args: bytes) -> bytes:
+        # FFmpeg encoders do real work: off the event loop, but not on the model thread either.
+        if not self.encoder.needs_thread:
+            return work(*args)
+        started = time.perf_counter()
+        encoded = await anyio.to_thread.run_sync(work, *args)
+        self.stream.session.add_timing("encode", time.perf_counter() - started)
+        return encoded
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         session = self.stream.session
@@ -158,10 +172,13 @@ class AudioStreamResponse(Response):
 
                 group.start_soon(watch_disconnect)
                 await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-                if self.prefix:
-                    await self._send(send, self.prefix)
-                async for chunk in self.stream:
-                    await self._send(send, chunk)
+                if prefix := self.encoder.start():
+                    await self._send(send, prefix)
+                async for pcm in self.stream:
+                    if encoded := await self._encoded(self.encoder.encode, pcm):
+                        await self._send(send, encoded)
+                if tail := await self._encoded(self.encoder.finish):
+                    await self._send(send, tail)
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 group.cancel_scope.cancel()
         except Exception as error:  # model failure or a broken connection after the 200 went out

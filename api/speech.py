@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Annotated
 
+import anyio
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -11,16 +13,17 @@ from api.deps import SpeechDep
 from api.disconnect import start_unless_disconnected
 from api.responses import ERROR_RESPONSES, AudioStreamResponse
 from models.inputs import SpeechRequest
-from services.audio import wav_base64, wav_file, wav_header
+from services.encoders import MEDIA_TYPES, AudioEncoder, encode_whole
 from services.tts import AudioStream
 
 router = APIRouter(tags=["speech"])
 
-_WAV_RESPONSE = {"content": {"audio/wav": {}}, "description": "16-bit mono PCM WAV at 24 kHz."}
+_AUDIO_CONTENT = {media_type: {} for media_type in MEDIA_TYPES.values()}
+_WAV_RESPONSE = {"content": _AUDIO_CONTENT, "description": "WAV (16-bit mono, 24 kHz) or the output_format asked for."}
 
 
-def _stream_headers(stream: AudioStream) -> dict[str, str]:
-    return {"X-Session-ID": stream.session.id, "X-Seed": str(stream.seed), "X-Sample-Rate": "24000"}
+def _stream_headers(stream: AudioStream, sample_rate: int) -> dict[str, str]:
+    return {"X-Session-ID": stream.session.id, "X-Seed": str(stream.seed), "X-Sample-Rate": str(sample_rate)}
 
 
 @router.post(
@@ -30,15 +33,16 @@ def _stream_headers(stream: AudioStream) -> dict[str, str]:
     summary="Stream speech as it is generated",
 )
 async def tts_stream(body: SpeechRequest, request: Request, speech: SpeechDep) -> Response:
-    """Answers with a WAV header at once, then 16-bit mono PCM at 24 kHz chunk by chunk.
+    """Answers with a WAV header at once, then 16-bit mono PCM at 24 kHz chunk by chunk
+    (or MP3, Opus, AAC, FLAC, raw PCM, encoded as it goes, with `output_format`).
 
     The session id is in `X-Session-ID` (see /stream_status and /stream_cancel). Bad input is
     refused with a 4xx before any audio; a failure mid-stream ends the stream early.
     """
+    output_format = "pcm" if body.output_format == "wav" and not body.add_wav_header else body.output_format
+    encoder = AudioEncoder(output_format, body.sample_rate)
     stream = await start_unless_disconnected(request, speech.start(body))
-    prefix = wav_header(None) if body.add_wav_header else b""
-    media_type = "audio/wav" if body.add_wav_header else "audio/L16; rate=24000; channels=1"
-    return AudioStreamResponse(stream, prefix, media_type, _stream_headers(stream))
+    return AudioStreamResponse(stream, encoder, _stream_headers(stream, body.sample_rate))
 
 
 @router.post(
@@ -46,7 +50,7 @@ async def tts_stream(body: SpeechRequest, request: Request, speech: SpeechDep) -
     response_class=Response,
     responses={
         200: {
-            "content": {"audio/wav": {}, "application/json": {"schema": {"type": "string", "format": "base64"}}},
+            "content": {**_AUDIO_CONTENT, "application/json": {"schema": {"type": "string", "format": "base64"}}},
             "description": "The whole WAV; or, for coqui xtts-streaming-server clients, its base64 as a JSON string.",
         },
         **ERROR_RESPONSES,
@@ -63,10 +67,11 @@ async def tts(
     asking for audio, the WAV comes as a base64 JSON string, as coqui's xtts-streaming-server answers."""
     stream = await start_unless_disconnected(request, speech.start(body))
     pcm = await _collect(stream)
-    headers = _stream_headers(stream)
-    if _wants_base64(accept, explicit_latents=body.speaker_id is None):
-        return JSONResponse(wav_base64(pcm), headers=headers)
-    return Response(wav_file(pcm), media_type="audio/wav", headers=headers)
+    headers = _stream_headers(stream, body.sample_rate)
+    audio = await anyio.to_thread.run_sync(encode_whole, pcm, body.output_format, body.sample_rate)
+    if body.output_format == "wav" and _wants_base64(accept, explicit_latents=body.speaker_id is None):
+        return JSONResponse(base64.b64encode(audio).decode("ascii"), headers=headers)
+    return Response(audio, media_type=MEDIA_TYPES[body.output_format], headers=headers)
 
 
 async def _collect(stream: AudioStream) -> bytes:

@@ -168,3 +168,27 @@ class SaveVoiceRequest(BaseModel):
     name: str | None = Field(None, max_length=200)
     description: str = Field("", max_length=2000)
     overwrite: bool = Field(False, description="Replace an existing voice with this id instead of answering 409.")
+
+
+OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "onyx", "nova", "sage", "shimmer", "verse")
+
+
+class OpenAISpeechRequest(BaseModel):
+    """OpenAI's POST /v1/audio/speech body, plus an optional `language`."""
+
+    model: str = Field("tts-1", description="Any id from /v1/models; all use the one XTTS model.")
+    input: Annotated[str, AfterValidator(_not_blank)] = Field(description="Text to speak.")
+    voice: str = Field(
+        min_length=1,
+        max_length=256,
+        description="A saved voice id, a built-in speaker, or an OpenAI voice name mapped by OPENAI_VOICE_MAP.",
+    )
+    response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = Field(
+        "mp3", description="pcm is 16-bit little-endian mono at 24 kHz, as OpenAI's."
+    )
+    speed: float = Field(1.0, ge=0.25, le=4.0)
+    language: Language | None = Field(
+        None, description="Not in OpenAI's API: the text's language; detected from the text when left out."
+    )
+    instructions: str | None = Field(None, max_length=4096, description="Accepted and ignored (XTTS takes none).")
+    stream_format: Literal["audio"] = Field("audio", description="Only `audio` (raw bytes as they are made).")

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import base64
 import struct
 
-import numpy as np
 import torch
 
 OUTPUT_SAMPLE_RATE = 24000
@@ -41,21 +39,6 @@ def wav_header(data_bytes: int | None, sample_rate: int = OUTPUT_SAMPLE_RATE) ->
     )
 
 
-def wav_file(pcm: bytes, sample_rate: int = OUTPUT_SAMPLE_RATE) -> bytes:
-    """A complete WAV file around 16-bit mono PCM."""
-    return wav_header(len(pcm), sample_rate) + pcm
-
-
-def wav_base64(pcm: bytes) -> str:
-    """A WAV file as base64 text, as coqui's xtts-streaming-server returns from /tts."""
-    return base64.b64encode(wav_file(pcm)).decode("ascii")
-
-
 def pcm_seconds(byte_count: int, sample_rate: int = OUTPUT_SAMPLE_RATE) -> float:
     """Seconds of 16-bit mono audio in `byte_count` bytes."""
     return byte_count / (SAMPLE_WIDTH_BYTES * CHANNELS * sample_rate)
-
-
-def pcm16_to_float(pcm: bytes) -> np.ndarray:
-    """16-bit PCM bytes back to float32 samples in [-1, 1] (tests and benchmarks)."""
-    return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32767.0

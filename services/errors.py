@@ -20,6 +20,10 @@ class VoiceNotFound(ServiceError):
     """No saved voice or built-in speaker has this id (404)."""
 
 
+class ModelNotFound(ServiceError):
+    """An OpenAI-style model id that is not served (404)."""
+
+
 class VoiceExists(ServiceError):
     """A saved voice already has this id and overwrite was not asked for (409)."""
 

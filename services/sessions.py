@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from cachetools import TTLCache
 
 from services.errors import SessionConflict, SessionNotFound
+
+logger = logging.getLogger("xtts_server.requests")
+
+
+def log_session(session: StreamSession) -> None:
+    """One line per request: who, what, how fast, how it ended."""
+    ttfa = f"{session.first_audio_at - session.created_at:.3f}s" if session.first_audio_at else "-"
+    logger.info(
+        "session=%s voice=%s language=%s chars=%d ttfa=%s audio=%.2fs bytes=%d outcome=%s%s",
+        session.id, session.voice, session.language, session.characters, ttfa, session.audio_seconds,
+        session.bytes_sent, session.state.value, f" error={session.error!r}" if session.error else "",
+    )  # fmt: skip
 
 
 class StreamState(StrEnum):
@@ -59,7 +73,13 @@ class StreamSession:
 class SessionRegistry:
     """Live sessions by id, and finished ones for a while (bounded in count and age)."""
 
-    def __init__(self, history_size: int, history_ttl_s: float) -> None:
+    def __init__(
+        self,
+        history_size: int,
+        history_ttl_s: float,
+        on_finish: list[Callable[[StreamSession], None]] | None = None,
+    ) -> None:
+        self._on_finish = on_finish or []
         self._live: dict[str, StreamSession] = {}
         self._finished: TTLCache[str, StreamSession] = TTLCache(maxsize=history_size, ttl=history_ttl_s)
 
@@ -98,6 +118,8 @@ class SessionRegistry:
         session.finished_at = time.time()
         self._live.pop(session.id, None)
         self._finished[session.id] = session
+        for listener in self._on_finish:
+            listener(session)
 
     def live(self) -> list[StreamSession]:
         return list(self._live.values())

@@ -142,7 +142,7 @@ def _in_inference_mode(fn: Callable[..., T], *args: Any) -> T:
 
 
 class AudioStream:
-    """One request's audio as 16-bit PCM chunks, a sentence at a time through the model thread."""
+    """One request's audio as 16-bit PCM chunks, made a chunk at a time on the model thread."""
 
     def __init__(
         self,
@@ -188,6 +188,14 @@ class AudioStream:
                 if self.session.first_audio_at is None:
                     self.session.first_audio_at = time.time()
                 self.session.audio_seconds += pcm_seconds(len(pcm))
+                if logger.isEnabledFor(logging.DEBUG):
+                    timings = self._timings
+                    logger.debug(
+                        "session=%s chunk audio=%.3fs total=%.2fs at=%.3fs prefill=%.3fs gpt=%.3fs vocoder=%.3fs",
+                        self.session.id, pcm_seconds(len(pcm)), self.session.audio_seconds,
+                        time.time() - self.session.created_at, timings.prefill_s, timings.gpt_steps_s,
+                        timings.vocoder_s,
+                    )  # fmt: skip
                 yield pcm
             if self.session.cancel_event.is_set():
                 return

@@ -1,4 +1,4 @@
-"""Assertions on the audio users receive."""
+"""Making test audio with ffmpeg, and assertions on the audio users receive."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import struct
 import subprocess
 import wave
+from pathlib import Path
 
 import numpy as np
 
@@ -46,3 +47,29 @@ def ffprobe(data: bytes) -> dict:
         check=True,
     )
     return json.loads(result.stdout)
+
+
+FORMATS = {
+    "wav": [],
+    "flac": [],
+    "mp3": ["-b:a", "64k"],
+    "ogg": ["-c:a", "libopus", "-ar", "48000"],
+    "m4a": ["-c:a", "aac"],
+}
+
+
+def make_clip(folder: Path, extension: str, seconds: float = 3.0, silent: bool = False, rate: int = 44100) -> Path:
+    """A stereo tone-and-noise clip made with ffmpeg, in the given container."""
+    path = folder / f"clip-{seconds}-{silent}-{rate}.{extension}"
+    if path.exists():
+        return path
+    source = "anullsrc=r=44100:cl=stereo" if silent else f"sine=frequency=180:sample_rate={rate}"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", source, "-f", "lavfi", "-i",
+         f"anoisesrc=a=0.05:r={rate}:d={seconds}", "-filter_complex", "amix=inputs=2:duration=shortest",
+         "-t", str(seconds), "-ac", "2", "-ar", str(rate), *FORMATS[extension], str(path)]
+        if not silent else
+        ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", source, "-t", str(seconds), str(path)],
+        check=True,
+    )  # fmt: skip
+    return path

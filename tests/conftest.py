@@ -109,7 +109,12 @@ def wait_until_ready(server: Server) -> None:
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The shared server for tests that need no special settings."""
-    running = start_server(tmp_path_factory.mktemp("server"), MAX_TEXT_LENGTH="2000", MAX_UPLOAD_MB="2")
+    running = start_server(
+        tmp_path_factory.mktemp("server"),
+        MAX_TEXT_LENGTH="2000",
+        MAX_UPLOAD_MB="2",
+        OPENAI_VOICE_MAP="alloy=Dummy Bass",
+    )
     yield running
     running.stop()
 

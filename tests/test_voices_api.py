@@ -12,33 +12,8 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.audio_checks import assert_pcm_wav
+from tests.audio_checks import FORMATS, assert_pcm_wav, make_clip
 from tests.conftest import Server, start_server
-
-FORMATS = {
-    "wav": [],
-    "flac": [],
-    "mp3": ["-b:a", "64k"],
-    "ogg": ["-c:a", "libopus", "-ar", "48000"],
-    "m4a": ["-c:a", "aac"],
-}
-
-
-def make_clip(folder: Path, extension: str, seconds: float = 3.0, silent: bool = False, rate: int = 44100) -> Path:
-    """A stereo tone-and-noise clip made with ffmpeg, in the given container."""
-    path = folder / f"clip-{seconds}-{silent}-{rate}.{extension}"
-    if path.exists():
-        return path
-    source = "anullsrc=r=44100:cl=stereo" if silent else f"sine=frequency=180:sample_rate={rate}"
-    subprocess.run(
-        ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", source, "-f", "lavfi", "-i",
-         f"anoisesrc=a=0.05:r={rate}:d={seconds}", "-filter_complex", "amix=inputs=2:duration=shortest",
-         "-t", str(seconds), "-ac", "2", "-ar", str(rate), *FORMATS[extension], str(path)]
-        if not silent else
-        ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", source, "-t", str(seconds), str(path)],
-        check=True,
-    )  # fmt: skip
-    return path
 
 
 @pytest.fixture(scope="module")

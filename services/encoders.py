@@ -1,0 +1,161 @@
+"""Incremental audio encoders: 16-bit mono PCM at 24 kHz in, a container's bytes out as they are made.
+
+WAV and raw PCM are framed by hand; MP3, Opus (in Ogg), AAC (ADTS) and FLAC go through PyAV (FFmpeg's
+encoders and muxers) writing into memory, and each `encode` returns what the muxer has written so far.
+Nothing is re-encoded and no temporary files are used.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, cast
+
+import av
+import numpy as np
+from av.audio.stream import AudioStream
+from av.container import OutputContainer
+
+from services.audio import OUTPUT_SAMPLE_RATE, wav_header
+from services.errors import InvalidInput
+
+OutputFormat = Literal["wav", "pcm", "mp3", "opus", "aac", "flac"]
+OUTPUT_FORMATS: tuple[str, ...] = ("wav", "pcm", "mp3", "opus", "aac", "flac")
+SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+MEDIA_TYPES = {
+    "wav": "audio/wav",
+    "pcm": "audio/pcm",
+    "mp3": "audio/mpeg",
+    "opus": "audio/ogg",
+    "aac": "audio/aac",
+    "flac": "audio/flac",
+}
+# container, codec, bit rate (speech-friendly), and the rates the codec accepts
+_CODECS: dict[str, tuple[str, str, int | None, tuple[int, ...]]] = {
+    "mp3": ("mp3", "libmp3lame", 96_000, (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)),
+    "opus": ("ogg", "libopus", 48_000, (8000, 12000, 16000, 24000, 48000)),
+    "aac": ("adts", "aac", 96_000, (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)),
+    "flac": ("flac", "flac", None, SAMPLE_RATES),
+}
+
+
+def format_problem(output_format: str, sample_rate: int) -> str | None:
+    """Why an output format/rate pair cannot be encoded, or None if it can."""
+    if output_format not in MEDIA_TYPES:
+        return f"output_format must be one of {', '.join(OUTPUT_FORMATS)}"
+    if sample_rate not in SAMPLE_RATES:
+        return f"sample_rate must be one of {', '.join(map(str, SAMPLE_RATES))}"
+    if output_format in _CODECS and sample_rate not in _CODECS[output_format][3]:
+        return f"{output_format} supports sample rates {', '.join(map(str, _CODECS[output_format][3]))}"
+    return None
+
+
+def check_format(output_format: str, sample_rate: int) -> None:
+    """Refuse a format/rate pair the encoder cannot do, before any model work."""
+    if problem := format_problem(output_format, sample_rate):
+        raise InvalidInput(problem, output_format=output_format, sample_rate=sample_rate)
+
+
+class _MemorySink:
+    """A write-only, non-seekable file for PyAV: keeps what the muxer writes until taken."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self._parts.append(bytes(data))
+        return len(data)
+
+    def take(self) -> bytes:
+        data = b"".join(self._parts)
+        self._parts.clear()
+        return data
+
+
+class AudioEncoder:
+    """Encodes one stream. Not thread-safe; call it from one thread at a time, in order."""
+
+    def __init__(self, output_format: OutputFormat, sample_rate: int = OUTPUT_SAMPLE_RATE) -> None:
+        check_format(output_format, sample_rate)
+        self.output_format = output_format
+        self.sample_rate = sample_rate
+        self.media_type = MEDIA_TYPES[output_format]
+        self._resampler = (
+            av.AudioResampler(format="s16", layout="mono", rate=sample_rate)
+            if sample_rate != OUTPUT_SAMPLE_RATE
+            else None
+        )
+        self._sink: _MemorySink | None = None
+        self._container: OutputContainer | None = None
+        self._stream: AudioStream | None = None
+        self._pts = 0
+        if output_format in _CODECS:
+            container_format, codec, bit_rate, _rates = _CODECS[output_format]
+            self._sink = _MemorySink()
+            # Ogg otherwise holds a second of audio per page: flush pages every 100 ms for streaming.
+            options = {"page_duration": "100000"} if container_format == "ogg" else {}
+            self._container = av.open(self._sink, mode="w", format=container_format, options=options)
+            self._stream = cast(AudioStream, self._container.add_stream(codec, rate=sample_rate, layout="mono"))
+            if bit_rate:
+                self._stream.bit_rate = bit_rate
+
+    @property
+    def needs_thread(self) -> bool:
+        """True when encoding does real work (run it off the event loop)."""
+        return self._container is not None or self._resampler is not None
+
+    def start(self, known_pcm_bytes: int | None = None) -> bytes:
+        """What goes out before any audio (the WAV header; containers write their own)."""
+        if self.output_format != "wav":
+            return b""
+        data_bytes = None if known_pcm_bytes is None else self._resampled_size(known_pcm_bytes)
+        return wav_header(data_bytes, self.sample_rate)
+
+    def _resampled_size(self, pcm_bytes: int) -> int:
+        samples = pcm_bytes // 2
+        return (samples * self.sample_rate // OUTPUT_SAMPLE_RATE) * 2 if self._resampler else pcm_bytes
+
+    def encode(self, pcm: bytes) -> bytes:
+        """Encoded bytes for this PCM chunk (possibly empty while an encoder fills a frame)."""
+        frames = self._frames(pcm)
+        if self._container is None:
+            return b"".join(bytes(frame.planes[0])[: frame.samples * 2] for frame in frames) if self._resampler else pcm
+        return self._mux(frames)
+
+    def finish(self) -> bytes:
+        """Flush the encoder and close the container; the last bytes of the stream."""
+        tail = b""
+        if self._resampler is not None:
+            flushed = self._resampler.resample(None)
+            tail = (
+                self._mux(flushed)
+                if self._container
+                else b"".join(bytes(frame.planes[0])[: frame.samples * 2] for frame in flushed)
+            )
+        if self._container is None or self._stream is None or self._sink is None:
+            return tail
+        for packet in self._stream.encode(None):
+            self._container.mux(packet)
+        self._container.close()
+        return tail + self._sink.take()
+
+    def _frames(self, pcm: bytes) -> list[av.AudioFrame]:
+        samples = np.frombuffer(pcm, dtype="<i2").reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+        frame.sample_rate = OUTPUT_SAMPLE_RATE
+        if self._resampler is None:
+            return [frame]
+        return list(self._resampler.resample(frame))
+
+    def _mux(self, frames: list[av.AudioFrame]) -> bytes:
+        assert self._container is not None and self._stream is not None and self._sink is not None
+        for frame in frames:
+            frame.pts = self._pts
+            self._pts += frame.samples
+            for packet in self._stream.encode(frame):
+                self._container.mux(packet)
+        return self._sink.take()
+
+
+def encode_whole(pcm: bytes, output_format: OutputFormat, sample_rate: int) -> bytes:
+    """A complete file (a WAV gets exact sizes)."""
+    encoder = AudioEncoder(output_format, sample_rate)
+    return encoder.start(known_pcm_bytes=len(pcm)) + encoder.encode(pcm) + encoder.finish()

@@ -1,0 +1,156 @@
+"""OpenAI's speech API with the official client, output formats, and /metrics."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import httpx
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.audio_checks import ffprobe
+from tests.conftest import BUILTIN_SPEAKER, Server
+
+TEXT = "Hello there. This is a streaming format test with a couple of sentences to say."
+
+
+@pytest.fixture(scope="module")
+def openai_client(server: Server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="not-needed", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def saved_voice(server: Server) -> str:
+    with server.client() as client:
+        latents = client.get("/studio_speakers").json()["Dummy Tenor"]
+        assert client.post("/save_voice/openai-voice", json={**latents, "overwrite": True}).status_code == 201
+    return "openai-voice"
+
+
+def decoded_seconds(data: bytes) -> float:
+    pcm = subprocess.run(["ffmpeg", "-v", "error", "-i", "pipe:0", "-f", "s16le", "-ac", "1", "-ar", "24000", "-"],
+                         input=data, capture_output=True, check=True).stdout  # fmt: skip
+    return len(pcm) / 48000
+
+
+def test_openai_client_streams_mp3_with_a_saved_voice(openai_client: openai.OpenAI, saved_voice: str) -> None:
+    chunks: list[tuple[float, int]] = []
+    started = time.perf_counter()
+    with openai_client.audio.speech.with_streaming_response.create(
+        model="tts-1", voice=saved_voice, input=TEXT, response_format="mp3"
+    ) as response:
+        assert response.headers["content-type"] == "audio/mpeg"
+        data = b""
+        for chunk in response.iter_bytes():
+            data += chunk
+            chunks.append((time.perf_counter() - started, len(chunk)))
+    assert ffprobe(data)["streams"][0]["codec_name"] == "mp3"
+    assert decoded_seconds(data) > 1.0
+    assert len(chunks) > 2 and chunks[0][0] < chunks[-1][0] / 2  # it streamed
+
+
+@pytest.mark.parametrize("response_format", ["mp3", "opus", "aac", "flac", "wav", "pcm"])
+def test_openai_formats_decode(openai_client: openai.OpenAI, response_format: str) -> None:
+    response = openai_client.audio.speech.create(
+        model="tts-1-hd",
+        voice="alloy",
+        input="Short one.",
+        response_format=response_format,  # type: ignore[arg-type]
+    )
+    data = response.content
+    if response_format == "pcm":
+        assert len(data) % 2 == 0 and len(data) > 24000
+        return
+    stream = ffprobe(data)["streams"][0]
+    expected = {"mp3": "mp3", "opus": "opus", "aac": "aac", "flac": "flac", "wav": "pcm_s16le"}[response_format]
+    assert stream["codec_name"] == expected and stream["channels"] == 1
+    assert decoded_seconds(data) > 0.5
+
+
+def test_openai_errors_come_in_openais_shape(openai_client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as unknown_voice:
+        openai_client.audio.speech.create(model="tts-1", voice="nobody", input="Hi.")
+    assert unknown_voice.value.body["code"] == "voice_not_found"  # type: ignore[index]
+    with pytest.raises(openai.NotFoundError):
+        openai_client.audio.speech.create(model="no-such-model", voice="alloy", input="Hi.")
+    with pytest.raises(openai.UnprocessableEntityError) as bad_speed:
+        openai_client.audio.speech.create(model="tts-1", voice="alloy", input="Hi.", speed=9)
+    assert bad_speed.value.body["param"] == "speed"  # type: ignore[index]
+    with pytest.raises(openai.UnprocessableEntityError):
+        openai_client.audio.speech.create(model="tts-1", voice="alloy", input="  ")
+
+
+def test_models_are_listed(openai_client: openai.OpenAI) -> None:
+    assert {"tts-1", "tts-1-hd", "xtts-v2"} <= {model.id for model in openai_client.models.list()}
+
+
+def test_language_is_detected_or_taken_from_the_request(client: httpx.Client) -> None:
+    body = {"model": "tts-1", "voice": BUILTIN_SPEAKER, "response_format": "wav"}
+    german = client.post("/v1/audio/speech", json={**body, "input": "Guten Morgen, wie geht es dir heute?"})
+    assert german.status_code == 200 and german.headers["x-language"] == "de"
+    forced = client.post("/v1/audio/speech", json={**body, "input": "Guten Morgen.", "language": "fr"})
+    assert forced.headers["x-language"] == "fr"
+
+
+@pytest.mark.parametrize(
+    ("output_format", "sample_rate", "codec"),
+    [("mp3", 24000, "mp3"), ("opus", 48000, "opus"), ("aac", 16000, "aac"), ("flac", 22050, "flac"),
+     ("wav", 16000, "pcm_s16le")],
+)  # fmt: skip
+@pytest.mark.parametrize("path", ["/tts_stream", "/tts"])
+def test_output_formats_and_sample_rates(
+    client: httpx.Client, path: str, output_format: str, sample_rate: int, codec: str
+) -> None:
+    body = {"text": TEXT, "language": "en", "speaker_id": BUILTIN_SPEAKER, "output_format": output_format,
+            "sample_rate": sample_rate, "seed": 3}  # fmt: skip
+    response = client.post(path, json=body, headers={"Accept": "*/*"})
+    assert response.status_code == 200, response.text
+    stream = ffprobe(response.content)["streams"][0]
+    assert stream["codec_name"] == codec
+    assert int(stream["sample_rate"]) == (48000 if output_format == "opus" else sample_rate)  # Opus decodes at 48k
+    assert decoded_seconds(response.content) > 1.0
+
+
+def test_pcm_output_resamples(client: httpx.Client) -> None:
+    body = {"text": "Hi.", "language": "en", "speaker_id": BUILTIN_SPEAKER, "seed": 4}
+    native = client.post("/tts_stream", json={**body, "output_format": "pcm"}).content
+    halved = client.post("/tts_stream", json={**body, "output_format": "pcm", "sample_rate": 12000}).content
+    assert abs(len(halved) * 2 - len(native)) < 2000
+
+
+def test_impossible_format_rate_pairs_are_422(client: httpx.Client) -> None:
+    body = {"text": "Hi.", "language": "en", "speaker_id": BUILTIN_SPEAKER}
+    for extra in ({"output_format": "opus", "sample_rate": 44100}, {"sample_rate": 1234}, {"output_format": "ogg"}):
+        response = client.post("/tts_stream", json={**body, **extra})
+        assert response.status_code == 422, response.text
+
+
+def test_metrics_scrape_cleanly(client: httpx.Client, server: Server) -> None:
+    assert (
+        client.post(
+            "/tts_stream", json={"text": "Metrics.", "language": "en", "speaker_id": BUILTIN_SPEAKER}
+        ).status_code
+        == 200
+    )
+    client.get("/no/such/route")
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    families = {family.name: family for family in text_string_to_metric_families(response.text)}
+    requests = {
+        (sample.labels["route"], sample.labels["status"])
+        for sample in families["xtts_http_requests"].samples
+        if sample.name == "xtts_http_requests_total"
+    }
+    assert ("/tts_stream", "200") in requests and ("unmatched", "404") in requests
+    ttfa_count = next(
+        s.value for s in families["xtts_time_to_first_audio_seconds"].samples if s.name.endswith("_count")
+    )
+    assert ttfa_count >= 1
+    assert any(s.value > 0 for s in families["xtts_real_time_factor"].samples if s.name.endswith("_count"))
+    for name in ("xtts_requests_in_flight", "xtts_requests_queued", "xtts_request_capacity",
+                 "xtts_speaker_cache_hits", "xtts_speaker_cache_misses", "xtts_model_load_seconds"):  # fmt: skip
+        assert name in families, name
+    assert next(iter(families["xtts_model_load_seconds"].samples)).value > 0
+    assert "outcome=completed" in server.log() and "session=" in server.log()
