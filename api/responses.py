@@ -74,10 +74,19 @@ def _code(error: Exception) -> str:
 
 
 def error_response(
-    status: int, code: str, message: str, details: Any = None, headers: dict | None = None
+    request: Request, status: int, code: str, message: str, details: Any = None, headers: dict | None = None
 ) -> JSONResponse:
-    body = ErrorBody(error=code, message=message, details=details)
-    return JSONResponse(jsonable_encoder(body), status_code=status, headers=headers)
+    """Our error schema; under /v1/ OpenAI's, so its client libraries raise their usual errors."""
+    if request.url.path.startswith("/v1/"):
+        param = details.get("param") if isinstance(details, dict) else None
+        if isinstance(details, list) and details:
+            param = details[0].get("field")
+        kind = "invalid_request_error" if status < 500 else "server_error"
+        body: dict[str, Any] = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+        return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(
+        jsonable_encoder(ErrorBody(error=code, message=message, details=details)), status_code=status, headers=headers
+    )
 
 
 def status_for(error: Exception) -> int:

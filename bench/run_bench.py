@@ -340,13 +340,14 @@ def main() -> None:
         "in_process": in_proc,
         "smaller_wins": wins,
     }
+    out = args.out or REPO / "bench" / "results" / f"bench-{args.size}-{report['device']}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, default=float))  # in-process figures survive an HTTP failure
     if not args.no_http:
         levels = [int(level) for level in args.concurrency.split(",")]
         report["http"] = over_http(args.size, args.repeats, max_tokens, levels)
+        out.write_text(json.dumps(report, indent=2, default=float))
     print_tables(report)
-    out = args.out or REPO / "bench" / "results" / f"bench-{args.size}-{report['device']}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, default=float))
     print(f"\nwrote {out}")
 
 

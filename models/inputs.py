@@ -6,6 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from services.encoders import OutputFormat, format_problem
+
 # XTTS v2's languages; a custom checkpoint may speak fewer (the engine checks that).
 XTTS_LANGUAGES = [
     "en",
@@ -119,6 +121,16 @@ class SpeechRequest(GenerationOptions):
         pattern=ID_PATTERN,
         description="/tts_stream only: propose the stream's session id (else one is made); a duplicate is 409.",
     )
+    output_format: OutputFormat = Field(
+        "wav", description="wav, pcm (16-bit little-endian mono), mp3, opus (in Ogg), aac (ADTS) or flac."
+    )
+    sample_rate: int = Field(24000, description="Output sample rate: 8000-48000 (XTTS makes 24000).")
+
+    @model_validator(mode="after")
+    def _format_and_rate(self) -> SpeechRequest:
+        if problem := format_problem(self.output_format, self.sample_rate):
+            raise ValueError(problem)
+        return self
 
     @model_validator(mode="after")
     def _one_voice(self) -> SpeechRequest:
