@@ -61,8 +61,9 @@ class Settings(BaseSettings):
     """Characters one request's text may have."""
     MAX_UPLOAD_MB: float = Field(20.0, gt=0, le=1024)
     """Megabytes a cloning upload may have, all files together."""
-    STREAM_FIRST_CHUNK_TOKENS: int = Field(4, ge=1, le=200)
-    """GPT tokens in the first streamed chunk of a sentence; later chunks double up to stream_chunk_size."""
+    STREAM_FIRST_CHUNK_TOKENS: int = Field(1, ge=1, le=200)
+    """GPT tokens of audio in a sentence's first chunk (it also waits ~3 tokens of lookahead for seamless
+    decoding); later chunks double up to stream_chunk_size."""
     DEFAULT_LANGUAGE: str = "en"
     """Language for /v1/audio/speech when the request has none and detection is unsure."""
     OPENAI_VOICE_MAP: str = ""

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 from fastapi import Request
 
 from api.responses import ClientDisconnected
 from services.tts import AudioStream
+
+T = TypeVar("T")
 
 
 async def _disconnected(request: Request) -> None:
@@ -18,8 +20,13 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-async def start_unless_disconnected(request: Request, work: Coroutine[Any, Any, AudioStream]) -> AudioStream:
-    """Await `work` (validation, voice, queue) but abandon it if the client disconnects meanwhile."""
+async def until_disconnected(
+    request: Request, work: Coroutine[Any, Any, T], discard: Callable[[T], Awaitable[None]] | None = None
+) -> T:
+    """Await `work`, cancelling it and raising ClientDisconnected if the client goes away first.
+
+    `discard` releases a result that was ready just as the client left.
+    """
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_disconnected(request))
     try:
@@ -28,15 +35,24 @@ async def start_unless_disconnected(request: Request, work: Coroutine[Any, Any, 
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
-    if not task.done():
-        task.cancel()
+        if not task.done():
+            task.cancel()
     try:
-        stream = await task
+        result = await task
     except asyncio.CancelledError:
         raise ClientDisconnected() from None
-    if watcher.cancelled() or not watcher.done() or watcher.exception() is not None:
-        return stream
-    # The client left just as the stream was admitted: give its slot straight back.
+    if watcher.cancelled() or watcher.exception() is not None:
+        return result
+    if discard is not None:
+        await discard(result)
+    raise ClientDisconnected()
+
+
+async def _give_back(stream: AudioStream) -> None:
     stream.session.error = "client disconnected while queued"
     await stream.close(asyncio.CancelledError())
-    raise ClientDisconnected()
+
+
+async def start_unless_disconnected(request: Request, work: Coroutine[Any, Any, AudioStream]) -> AudioStream:
+    """Validation, voice and queue, abandoned if the client leaves meanwhile (its slot goes straight back)."""
+    return await until_disconnected(request, work, _give_back)

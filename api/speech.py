@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from typing import Annotated
 
@@ -10,7 +11,7 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response
 
 from api.deps import SpeechDep
-from api.disconnect import start_unless_disconnected
+from api.disconnect import start_unless_disconnected, until_disconnected
 from api.responses import ERROR_RESPONSES, AudioStreamResponse
 from models.inputs import SpeechRequest
 from services.encoders import MEDIA_TYPES, AudioEncoder, encode_whole
@@ -66,7 +67,7 @@ async def tts(
     """The complete WAV. With `Accept: application/json`, or when coqui's latents form is sent without
     asking for audio, the WAV comes as a base64 JSON string, as coqui's xtts-streaming-server answers."""
     stream = await start_unless_disconnected(request, speech.start(body))
-    pcm = await _collect(stream)
+    pcm = await until_disconnected(request, _collect(stream))
     headers = _stream_headers(stream, body.sample_rate)
     audio = await anyio.to_thread.run_sync(encode_whole, pcm, body.output_format, body.sample_rate)
     if body.output_format == "wav" and _wants_base64(accept, explicit_latents=body.speaker_id is None):
@@ -78,7 +79,10 @@ async def _collect(stream: AudioStream) -> bytes:
     failure: BaseException | None = None
     try:
         return b"".join([chunk async for chunk in stream])
-    except BaseException as error:
+    except asyncio.CancelledError:
+        stream.session.error = stream.session.error or "client disconnected"
+        raise
+    except Exception as error:
         failure = error
         raise
     finally:

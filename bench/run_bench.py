@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import platform
+import socket
 import statistics
 import subprocess
 import sys
@@ -118,6 +120,82 @@ async def timed_engine_stream(engine: TTSEngine, text: str, voice: VoiceLatents,
     }
 
 
+async def engine_first_chunk(engine: TTSEngine, text: str, voice: VoiceLatents, seed: int) -> float:
+    """Seconds from request to the first audio chunk through the engine (plan, admission-free stream)."""
+    sessions = SessionRegistry(16, 60)
+    session = sessions.create(None, SPEAKER, "en", len(text))
+    started = time.perf_counter()
+    sentences = await engine.plan(text, "en", True)
+    params = GenerationParams(sampling=SamplingSettings(repetition_penalty=REPETITION_PENALTY), seed=seed)
+    stream = engine.open_stream(sentences, voice, params, session, sessions, release=lambda: None)
+    chunks = stream.__aiter__()
+    await chunks.__anext__()
+    first = time.perf_counter() - started
+    await chunks.aclose()
+    await stream.close()
+    return first
+
+
+def stock_first_chunk(model: Any, text: str, voice: VoiceLatents, seed: int) -> float:
+    torch.manual_seed(seed)
+    started = time.perf_counter()
+    chunks = model.inference_stream(
+        text, "en", voice.gpt_cond_latent, voice.speaker_embedding, stream_chunk_size=20,
+        enable_text_splitting=True, repetition_penalty=REPETITION_PENALTY,
+    )  # fmt: skip
+    next(chunks)
+    _sync()
+    first = time.perf_counter() - started
+    chunks.close()
+    return first
+
+
+def _speech_body(text: str, seed: int) -> dict[str, Any]:
+    return {
+        "text": text,
+        "language": "en",
+        "speaker_id": SPEAKER,
+        "seed": seed,
+        "repetition_penalty": REPETITION_PENALTY,
+    }
+
+
+_HTTP_CLIENT = """
+import json, sys, time, httpx
+for line in sys.stdin:
+    url, body = json.loads(line)
+    started = time.perf_counter()
+    with httpx.stream("POST", url + "/tts_stream", json=body, timeout=600) as response:
+        response.raise_for_status()
+        received = 0
+        for chunk in response.iter_raw():
+            received += len(chunk)
+            if received > 44:  # past the WAV header: the first model-made samples
+                break
+    print(time.perf_counter() - started, flush=True)
+"""
+
+
+class HttpClientProcess:
+    """A client in its own process, as real clients are (no GIL shared with the server)."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _HTTP_CLIENT], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+
+    def first_chunk(self, url: str, text: str, seed: int) -> float:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(json.dumps([url, _speech_body(text, seed)]) + "\n")
+        self.process.stdin.flush()
+        return float(self.process.stdout.readline())
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        self.process.wait(30)
+
+
 def _sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -136,12 +214,9 @@ def median_run(runs: list[dict]) -> dict:
     return result
 
 
-def in_process(size: str, case_names: list[str], repeats: int, max_tokens: int) -> tuple[dict, dict]:
-    settings = Settings(DUMMY_MODEL=size)
-    loaded = load_model(settings)  # what the server runs: weight norm folded, on the GPU if any
-    engine = TTSEngine(loaded)
-    engine.warm_up()
-    stock = build_dummy_xtts(size, Path(tempfile.gettempdir()) / "xtts-dummy").to(loaded.device)  # as coqui ships it
+def in_process(
+    engine: TTSEngine, stock: Any, case_names: list[str], repeats: int, ttfa_repeats: int, max_tokens: int
+) -> dict:
     voice = engine.builtin_speakers[SPEAKER]
     results: dict[str, dict] = {}
     loop = asyncio.new_event_loop()
@@ -164,60 +239,35 @@ def in_process(size: str, case_names: list[str], repeats: int, max_tokens: int) 
                 for runner in runners.values():  # warm each path once (lazy initialisation, allocator)
                     runner(0)
             case: dict[str, Any] = {"tokens_per_sentence": tokens}
+            # time to first audio: first chunks only, ours and stock alternating, median of several
+            ours_ttfa, stock_ttfa = [], []
+            for seed in range(1, ttfa_repeats + 1):
+                ours_ttfa.append(loop.run_until_complete(engine_first_chunk(engine, text, voice, seed)))
+                stock_ttfa.append(stock_first_chunk(stock, text, voice, seed))
+            case["ttfa"] = {
+                "ours_s": statistics.median(ours_ttfa),
+                "stock_stream_s": statistics.median(stock_ttfa),
+                "runs": ttfa_repeats,
+            }
+            print(
+                f"  {name:10s} TTFA ours {case['ttfa']['ours_s']:.3f} s, stock {case['ttfa']['stock_stream_s']:.3f} s"
+            )
             for label, runner in runners.items():
                 case[label] = median_run([runner(seed) for seed in range(1, repeats + 1)])
                 print(f"  {name:10s} {label:15s} total {case[label]['total_s']:7.2f} s", flush=True)
             case["ratios"] = {
                 "ours_stream_over_stock_one_shot": case["ours_stream"]["total_s"] / case["stock_one_shot"]["total_s"],
                 "stock_stream_over_stock_one_shot": case["stock_stream"]["total_s"] / case["stock_one_shot"]["total_s"],
-                "ours_ttfa_over_stock_stream_ttfa": case["ours_stream"]["ttfa_s"] / case["stock_stream"]["ttfa_s"],
+                "ours_ttfa_over_stock_stream_ttfa": case["ttfa"]["ours_s"] / case["ttfa"]["stock_stream_s"],
             }
             results[name] = case
-        wins = micro.smaller_wins(engine, stock, voice)
     finally:
         loop.close()
-        engine.shutdown()
-    return results, wins
-
-
-def start_server(size: str, max_tokens: int, concurrency: int) -> tuple[subprocess.Popen[bytes], str, Path]:
-    port = 8700 + os.getpid() % 200
-    log = Path(tempfile.mkdtemp()) / "server.log"
-    env = {
-        **os.environ,
-        "DUMMY_MODEL": size,
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "MAX_AUDIO_TOKENS": str(max_tokens),
-        "MAX_CONCURRENT_REQUESTS": str(max(concurrency, 1)),
-        "VOICES_DIR": str(log.parent / "voices"),
-    }
-    process = subprocess.Popen(
-        [sys.executable, "run.py"], cwd=REPO, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(log.read_text())
-        try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                return process, url, log
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    process.kill()
-    raise RuntimeError("server did not become ready")
+    return results
 
 
 def http_stream(url: str, text: str, seed: int) -> dict[str, Any]:
-    body = {
-        "text": text,
-        "language": "en",
-        "speaker_id": SPEAKER,
-        "seed": seed,
-        "repetition_penalty": REPETITION_PENALTY,
-    }
+    body = _speech_body(text, seed)
     started = time.perf_counter()
     first = None
     received = 0
@@ -233,12 +283,71 @@ def http_stream(url: str, text: str, seed: int) -> dict[str, Any]:
     return {"ttfa_s": first or 0.0, "total_s": total, "audio_s": (received - 44) / 48000, "stages_s": stages}
 
 
-def over_http(size: str, repeats: int, max_tokens: int, levels: list[int]) -> dict:
+class _ServerThread:
+    """This server (create_app with the benchmark's own engine) in a thread, so HTTP and in-process
+    figures come from one process, one model and one warm-up."""
+
+    def __init__(self, engine: TTSEngine, size: str, max_tokens: int, concurrency: int) -> None:
+        import uvicorn
+
+        from main import create_app
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        settings = Settings(
+            DUMMY_MODEL=size, HOST="127.0.0.1", PORT=port, MAX_AUDIO_TOKENS=max_tokens,
+            MAX_CONCURRENT_REQUESTS=max(concurrency, 1), VOICES_DIR=Path(tempfile.mkdtemp()) / "voices",
+        )  # fmt: skip
+        self.url = f"http://127.0.0.1:{port}"
+        self.server = uvicorn.Server(uvicorn.Config(create_app(settings, engine=engine), log_level="warning",
+                                                    host="127.0.0.1", port=port))  # fmt: skip
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        logging.getLogger("xtts_server.requests").setLevel(logging.WARNING)  # one line per request: noise here
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
+                    return self.url
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("server did not become ready")
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(120)
+
+
+def over_http(
+    engine: TTSEngine, size: str, repeats: int, ttfa_repeats: int, max_tokens: int, levels: list[int]
+) -> dict:
     text, tokens = CASES["short"]
     tokens = min(tokens, max_tokens)
-    process, url, _log = start_server(size, tokens, max(levels))
-    try:
+    voice = engine.builtin_speakers[SPEAKER]
+    with _ServerThread(engine, size, tokens, max(levels)) as url:
         http_stream(url, text, 0)  # warm
+        loop = asyncio.new_event_loop()
+        client = HttpClientProcess()
+        in_process_ttfa, http_ttfa = [], []
+        try:
+            client.first_chunk(url, text, 0)  # warm the client's imports and connection code
+            for seed in range(1, ttfa_repeats + 1):  # alternating, same seeds
+                in_process_ttfa.append(loop.run_until_complete(engine_first_chunk(engine, text, voice, seed)))
+                http_ttfa.append(client.first_chunk(url, text, seed))
+        finally:
+            loop.close()
+            client.close()
+        ttfa = {
+            "in_process_s": statistics.median(in_process_ttfa),
+            "http_s": statistics.median(http_ttfa),
+            "runs": ttfa_repeats,
+        }
+        ttfa["http_overhead_ms"] = (ttfa["http_s"] - ttfa["in_process_s"]) * 1000
+        print(f"  http TTFA {ttfa['http_s']:.3f} s vs in-process {ttfa['in_process_s']:.3f} s", flush=True)
         single = median_run([http_stream(url, text, seed) for seed in range(1, repeats + 1)])
         concurrency = {}
         for level in levels:
@@ -265,51 +374,50 @@ def over_http(size: str, repeats: int, max_tokens: int, levels: list[int]) -> di
                 "mean_ttfa_s": statistics.mean(run["ttfa_s"] for run in runs),
             }
             print(f"  http x{level}: {concurrency[str(level)]['audio_s_per_wall_s']:.2f} audio s / wall s", flush=True)
-    finally:
-        process.terminate()
-        process.wait(60)
-    return {"tokens_per_sentence": tokens, "single": single, "concurrency": concurrency}
+    return {"tokens_per_sentence": tokens, "ttfa": ttfa, "single": single, "concurrency": concurrency}
 
 
 def print_tables(report: dict) -> None:
     print(f"\n{report['machine']['summary']}  model: dummy {report['size']}  device: {report['device']}\n")
-    print(f"{'case':10s} {'engine':15s} {'TTFA s':>8s} {'total s':>8s} {'audio s':>8s} {'RTF':>6s}")
+    print("Time to first audio (median of first-chunk runs, ours and stock alternating):")
+    print(f"{'case':10s} {'ours s':>8s} {'stock stream s':>15s} {'ratio':>7s}")
+    for name, case in report["in_process"].items():
+        ttfa = case["ttfa"]
+        ratio = case["ratios"]["ours_ttfa_over_stock_stream_ttfa"]
+        print(f"{name:10s} {ttfa['ours_s']:8.3f} {ttfa['stock_stream_s']:15.3f} {ratio:7.3f}")
+    print("\nWhole streams (pinned token count per sentence):")
+    print(f"{'case':10s} {'engine':15s} {'total s':>8s} {'audio s':>8s} {'RTF':>6s}")
     for name, case in report["in_process"].items():
         for label in ("ours_stream", "stock_stream", "stock_one_shot"):
             run = case[label]
-            print(
-                f"{name:10s} {label:15s} {run['ttfa_s']:8.3f} {run['total_s']:8.2f} "
-                f"{run['audio_s']:8.2f} {run['rtf']:6.2f}"
-            )
-    print(f"\n{'case':10s} {'ours/one-shot':>14s} {'stock stream/one-shot':>22s} {'TTFA ours/stock':>16s}")
+            print(f"{name:10s} {label:15s} {run['total_s']:8.2f} {run['audio_s']:8.2f} {run['rtf']:6.2f}")
+    print(f"\n{'case':10s} {'tokens':>6s} {'ours/one-shot':>14s} {'stock stream/one-shot':>22s}")
     for name, case in report["in_process"].items():
         ratios = case["ratios"]
         print(
-            f"{name:10s} {ratios['ours_stream_over_stock_one_shot']:14.3f} "
-            f"{ratios['stock_stream_over_stock_one_shot']:22.3f} {ratios['ours_ttfa_over_stock_stream_ttfa']:16.3f}"
+            f"{name:10s} {case['tokens_per_sentence']:6d} {ratios['ours_stream_over_stock_one_shot']:14.3f} "
+            f"{ratios['stock_stream_over_stock_one_shot']:22.3f}"
         )
     print("\nstages (ours, s):")
     for name, case in report["in_process"].items():
         print(f"  {name:10s} " + "  ".join(f"{k}={v:.3f}" for k, v in case["ours_stream"]["stages_s"].items()))
     http = report.get("http")
     if http:
-        short = report["in_process"].get("short", {}).get("ours_stream")
-        single = http["single"]
-        extra = (
-            f" (in-process {short['ttfa_s']:.3f} s, +{(single['ttfa_s'] - short['ttfa_s']) * 1000:.0f} ms)"
-            if short
-            else ""
+        ttfa = http["ttfa"]
+        print(
+            f"\nHTTP (short): TTFA {ttfa['http_s']:.3f} s vs in-process {ttfa['in_process_s']:.3f} s "
+            f"(+{ttfa['http_overhead_ms']:.0f} ms, median of {ttfa['runs']}); "
+            f"whole stream {http['single']['total_s']:.2f} s"
         )
-        print(f"\nHTTP short: TTFA {single['ttfa_s']:.3f} s{extra}, total {single['total_s']:.2f} s")
-        print("  stages: " + "  ".join(f"{k}={v:.3f}" for k, v in single["stages_s"].items()))
+        print("  stages: " + "  ".join(f"{k}={v:.3f}" for k, v in http["single"]["stages_s"].items()))
         for level, row in http["concurrency"].items():
             print(
                 f"  {level} concurrent: {row['audio_s_per_wall_s']:.2f} audio s per wall s, "
                 f"mean TTFA {row['mean_ttfa_s']:.3f} s"
             )
-    print("\nsmaller wins:")
+    print("\nsmaller wins (before -> after):")
     for name, row in report["smaller_wins"].items():
-        print(f"  {name}: {row}")
+        print(f"  {name}: {row['before_s']:.4f} s -> {row['after_s']:.4f} s ({row['speedup']})")
 
 
 def machine() -> dict[str, Any]:
@@ -325,28 +433,36 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=["tiny", "full"], default="full")
     parser.add_argument("--cases", default="short,paragraph,long")
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=1, help="whole-stream runs per engine and case")
+    parser.add_argument("--ttfa-repeats", type=int, default=5, help="first-chunk runs per engine and case")
     parser.add_argument("--concurrency", default="1,2,4")
     parser.add_argument("--no-http", action="store_true")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     max_tokens = 37 if args.size == "tiny" else 600  # the tiny model stops at 40 - 3
     print(f"benchmarking dummy {args.size} on {pick_device(False)}", flush=True)
-    in_proc, wins = in_process(args.size, args.cases.split(","), args.repeats, max_tokens)
+    loaded = load_model(Settings(DUMMY_MODEL=args.size))  # as the server runs it: weight norm folded
+    engine = TTSEngine(loaded)
+    engine.warm_up()
+    stock = build_dummy_xtts(args.size, Path(tempfile.gettempdir()) / "xtts-dummy").to(
+        loaded.device
+    )  # as coqui ships it
     report: dict[str, Any] = {
         "size": args.size,
-        "device": str(pick_device(False)),
+        "device": str(loaded.device),
         "machine": machine(),
-        "in_process": in_proc,
-        "smaller_wins": wins,
+        "in_process": in_process(engine, stock, args.cases.split(","), args.repeats, args.ttfa_repeats, max_tokens),
+        "smaller_wins": micro.smaller_wins(engine, stock, engine.builtin_speakers[SPEAKER]),
     }
     out = args.out or REPO / "bench" / "results" / f"bench-{args.size}-{report['device']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=float))  # in-process figures survive an HTTP failure
     if not args.no_http:
         levels = [int(level) for level in args.concurrency.split(",")]
-        report["http"] = over_http(args.size, args.repeats, max_tokens, levels)
+        report["http"] = over_http(engine, args.size, args.repeats, args.ttfa_repeats, max_tokens, levels)
         out.write_text(json.dumps(report, indent=2, default=float))
+    else:
+        engine.shutdown()
     print_tables(report)
     print(f"\nwrote {out}")
 

@@ -119,7 +119,7 @@ class SpeechRequest(GenerationOptions):
     session_id: str | None = Field(
         None,
         pattern=ID_PATTERN,
-        description="/tts_stream only: propose the stream's session id (else one is made); a duplicate is 409.",
+        description="Propose the session id (else one is made; see /stream_status); a duplicate is 409.",
     )
     output_format: OutputFormat = Field(
         "wav", description="wav, pcm (16-bit little-endian mono), mp3, opus (in Ogg), aac (ADTS) or flac."

@@ -18,7 +18,7 @@ from services.vocoder import IncrementalVocoder
 class ChunkSchedule:
     """Chunk sizes in GPT tokens: a short first chunk for a fast start, then doubling up to `max_tokens`."""
 
-    first_tokens: int = 4
+    first_tokens: int = 1
     max_tokens: int = 20
 
     def after(self, tokens: int) -> int:

@@ -253,6 +253,7 @@ class AudioStream:
         await asyncio.shield(self._closed)
 
     def _finish(self, error: BaseException | None, completed: bool) -> None:
+        self._sentence_chunks = None  # frees a cancelled sentence's KV cache now, not when this object goes
         if self._release is not None:
             self._release()
             self._release = None

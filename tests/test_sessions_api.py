@@ -34,13 +34,13 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 30, what: str = "
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def open_raw_stream(server: Server, body: dict[str, object]) -> socket.socket:
-    """POST /tts_stream on a raw socket, so the test decides exactly when the client goes away."""
+def open_raw_stream(server: Server, body: dict[str, object], path: str = "/tts_stream") -> socket.socket:
+    """POST on a raw socket, so the test decides exactly when the client goes away."""
     host, port = server.url.removeprefix("http://").split(":")
     payload = json.dumps(body).encode()
     sock = socket.create_connection((host, int(port)))
     sock.sendall(
-        b"POST /tts_stream HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n".encode()
         + f"Content-Length: {len(payload)}\r\n\r\n".encode()
         + payload
     )
@@ -139,6 +139,16 @@ def test_disconnect_mid_stream_stops_generation_and_frees_the_slot(client: httpx
     time.sleep(1.5)  # a thread still generating would keep submitting sentences
     assert client.get("/health").json()["requests"]["model_jobs"] == jobs
     assert health["queued"] == 0
+
+
+def test_tts_client_that_leaves_mid_generation_is_cancelled(client: httpx.Client, server: Server) -> None:
+    sock = open_raw_stream(server, speech(session_id="tts-leaver"), path="/tts")
+    wait_for(lambda: client.get("/stream_status/tts-leaver").status_code == 200, what="session")
+    wait_for(lambda: status(client, "tts-leaver")["audio_seconds"] > 0, what="generation")
+    sock.close()
+    wait_for(lambda: status(client, "tts-leaver")["state"] == "cancelled", what="cancelled state")
+    assert status(client, "tts-leaver")["error"] == "client disconnected"
+    wait_for(lambda: client.get("/health").json()["requests"]["in_flight"] == 0, what="slot release")
 
 
 def test_queued_request_that_disconnects_never_reaches_the_model(single_slot: Server) -> None:
