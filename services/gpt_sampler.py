@@ -66,6 +66,25 @@ def _processors(gpt: GPT, settings: SamplingSettings, prompt_length: int) -> Log
     return processors
 
 
+# Per layer (keys, values) of a voice's conditioning positions.
+PrefixKV = tuple[tuple[torch.Tensor, torch.Tensor], ...]
+
+
+def conditioning_prefix(gpt: GPT, cond_latent: torch.Tensor) -> PrefixKV:
+    """The KV cache of a voice's 32 conditioning positions, computed once per voice.
+
+    They come first in XTTS's prompt and attention is causal, so their keys and values do not depend
+    on the text: every sentence in that voice can start its prefill after them.
+    """
+    cache = DynamicCache()
+    gpt.gpt(inputs_embeds=cond_latent, past_key_values=cache, use_cache=True)
+    prefix = []
+    for layer in cache.layers:
+        assert layer.keys is not None and layer.values is not None
+        prefix.append((layer.keys, layer.values))
+    return tuple(prefix)
+
+
 def max_new_tokens(gpt: GPT) -> int:
     """The most audio tokens one sentence may get, as coqui's generate bounds it."""
     return int(gpt.max_gen_mel_tokens)
@@ -78,6 +97,7 @@ def sample_audio_latents(
     settings: SamplingSettings,
     generator: torch.Generator | None,
     timings: StepTimings,
+    prefix_kv: PrefixKV | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield (audio token, GPT latent [1, C]) per step until the stop token or the length limit.
 
@@ -97,7 +117,13 @@ def sample_audio_latents(
     limit = min(settings.max_new_tokens or max_new_tokens(gpt), max_new_tokens(gpt))
 
     cache = DynamicCache()
-    hidden = gpt.gpt(inputs_embeds=torch.cat([prefix, start_emb], dim=1), past_key_values=cache, use_cache=True)
+    if prefix_kv is None:
+        prompt = torch.cat([prefix, start_emb], dim=1)
+    else:  # the conditioning positions are already computed: only the text and start token remain
+        for layer, (keys, values) in enumerate(prefix_kv):
+            cache.update(keys, values, layer)  # concatenates into new tensors; the cached prefix stays intact
+        prompt = torch.cat([prefix[:, cond_latent.shape[1] :], start_emb], dim=1)
+    hidden = gpt.gpt(inputs_embeds=prompt, past_key_values=cache, use_cache=True)
     latent = gpt.final_norm(hidden.last_hidden_state[:, -1])
     timings.prefill_s += time.perf_counter() - started
 

@@ -18,7 +18,7 @@ class InvalidLatents(ServiceError):
     """Latents whose shape or values XTTS cannot use (422)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity equality: the engine keys per-voice state on the object
 class VoiceLatents:
     """GPT conditioning latents [1, 32, C] and the HiFi-GAN speaker embedding [1, D, 1]."""
 

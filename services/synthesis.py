@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from TTS.tts.models.xtts import Xtts
 
-from services.gpt_sampler import SamplingSettings, StepTimings, sample_audio_latents
+from services.gpt_sampler import PrefixKV, SamplingSettings, StepTimings, sample_audio_latents
 from services.vocoder import IncrementalVocoder
 
 
@@ -36,6 +36,7 @@ def stream_sentence(
     generator: torch.Generator | None,
     cancel: threading.Event,
     timings: StepTimings,
+    prefix_kv: PrefixKV | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield waveform chunks (float, [-1, 1], 24 kHz) of one sentence; stops early once `cancel` is set.
 
@@ -43,7 +44,7 @@ def stream_sentence(
     """
     vocoder = IncrementalVocoder(model.hifigan_decoder, speaker_embedding, speed)
     target_tokens = min(schedule.first_tokens, schedule.max_tokens)
-    tokens = sample_audio_latents(model.gpt, gpt_cond_latent, text_tokens, sampling, generator, timings)
+    tokens = sample_audio_latents(model.gpt, gpt_cond_latent, text_tokens, sampling, generator, timings, prefix_kv)
     for _token, latent in tokens:
         if cancel.is_set():
             return

@@ -7,6 +7,7 @@ import logging
 import secrets
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ import anyio
 import torch
 
 from services.audio import pcm_seconds, to_pcm16
-from services.gpt_sampler import SamplingSettings, StepTimings
+from services.gpt_sampler import PrefixKV, SamplingSettings, StepTimings, conditioning_prefix
 from services.latents import VoiceLatents, normalize_latents
 from services.model_loader import LoadedModel
 from services.sessions import SessionRegistry, StreamSession, StreamState
@@ -60,6 +61,9 @@ class TTSEngine:
         self.max_text_tokens: int = args.gpt_max_text_tokens
         self.languages: list[str] = list(self.model.config.languages)
         self._builtin = self._load_builtin_speakers()
+        # Each voice's conditioning KV prefix, computed on first use on the model thread; entries go
+        # when the voice's latents do (evicted from the cache, request with explicit latents over).
+        self._prefixes: weakref.WeakKeyDictionary[VoiceLatents, PrefixKV] = weakref.WeakKeyDictionary()
 
     def _load_builtin_speakers(self) -> dict[str, VoiceLatents]:
         manager = getattr(self.model, "speaker_manager", None)
@@ -75,6 +79,13 @@ class TTSEngine:
     def builtin_speakers(self) -> dict[str, VoiceLatents]:
         """Speakers shipped with the checkpoint (speakers_xtts.pth), by name."""
         return self._builtin
+
+    def voice_prefix(self, voice: VoiceLatents) -> PrefixKV:
+        """Model thread only: the voice's conditioning KV prefix (see gpt_sampler.conditioning_prefix)."""
+        prefix = self._prefixes.get(voice)
+        if prefix is None:
+            prefix = self._prefixes[voice] = conditioning_prefix(self.model.gpt, voice.gpt_cond_latent)
+        return prefix
 
     def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
         """Queue `fn` on the model thread, under inference mode (which is per thread)."""
@@ -204,6 +215,9 @@ class AudioStream:
     def _next_chunk(self, sentence: Sentence) -> bytes | None:
         """Model thread: the sentence's next PCM chunk, or None once it is done (or cancelled)."""
         if self._sentence_chunks is None:
+            started = time.perf_counter()
+            prefix = self._engine.voice_prefix(self._voice)  # once per voice, usually cached
+            self._timings.prefill_s += time.perf_counter() - started
             self._sentence_chunks = stream_sentence(
                 self._engine.model,
                 sentence.tokens.to(self._engine.device),
@@ -215,6 +229,7 @@ class AudioStream:
                 self._generator,
                 self.session.cancel_event,
                 self._timings,
+                prefix,
             )
         wav = next(self._sentence_chunks, None)
         if wav is None:

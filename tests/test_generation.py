@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from services.gpt_sampler import SamplingSettings, StepTimings, sample_audio_latents
+from services.gpt_sampler import SamplingSettings, StepTimings, conditioning_prefix, sample_audio_latents
 from services.model_loader import LoadedModel
 from services.synthesis import ChunkSchedule, stream_sentence
 from services.vocoder import IncrementalVocoder
@@ -151,3 +151,24 @@ def test_cancel_stops_within_one_token(tiny_loaded: LoadedModel, voice: dict[str
         cancel.set()
         assert list(stream) == []
     assert timings.tokens - tokens_at_cancel <= 1
+
+
+def test_cached_conditioning_prefix_gives_the_same_tokens_and_latents(
+    tiny_loaded: LoadedModel, voice: dict[str, torch.Tensor]
+) -> None:
+    model = tiny_loaded.model
+    tokens = torch.IntTensor(model.tokenizer.encode("a prefix test.", "en")).unsqueeze(0)
+    settings = SamplingSettings(repetition_penalty=5.0)
+    with torch.inference_mode():
+        prefix = conditioning_prefix(model.gpt, voice["gpt_cond_latent"])
+        runs = []
+        for prefix_kv in (None, prefix, prefix):  # twice: the cached prefix must not be modified by use
+            generator = torch.Generator().manual_seed(5)
+            runs.append(list(sample_audio_latents(
+                model.gpt, voice["gpt_cond_latent"], tokens, settings, generator, StepTimings(), prefix_kv
+            )))  # fmt: skip
+    assert [token for token, _ in runs[0]] == [token for token, _ in runs[1]] == [token for token, _ in runs[2]]
+    for with_prefix in runs[1:]:
+        assert torch.allclose(
+            torch.cat([latent for _, latent in runs[0]]), torch.cat([latent for _, latent in with_prefix]), atol=1e-4
+        )
