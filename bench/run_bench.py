@@ -451,7 +451,9 @@ def main() -> None:
         "size": args.size,
         "device": str(loaded.device),
         "machine": machine(),
-        "in_process": in_process(engine, stock, args.cases.split(","), args.repeats, args.ttfa_repeats, max_tokens),
+        "in_process": in_process(
+            engine, stock, [case for case in args.cases.split(",") if case], args.repeats, args.ttfa_repeats, max_tokens
+        ),
         "smaller_wins": micro.smaller_wins(engine, stock, engine.builtin_speakers[SPEAKER]),
     }
     out = args.out or REPO / "bench" / "results" / f"bench-{args.size}-{report['device']}.json"
