@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -140,9 +140,6 @@ class SpeechRequest(GenerationOptions):
         if self.speaker_id is None and (self.gpt_cond_latent is None or self.speaker_embedding is None):
             raise ValueError("give speaker_id, or both gpt_cond_latent and speaker_embedding")
         return self
-
-    def generation_options(self) -> dict[str, Any]:
-        return self.model_dump(include=set(GenerationOptions.model_fields))
 
 
 class CloneOptions(BaseModel):

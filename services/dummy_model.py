@@ -19,11 +19,12 @@ from TTS.tts.configs.xtts_config import XttsArgs, XttsAudioConfig, XttsConfig
 from TTS.tts.layers.xtts.tokenizer import VoiceBpeTokenizer
 from TTS.tts.models.xtts import Xtts
 
+from models.inputs import XTTS_LANGUAGES as LANGUAGES
+
 logger = logging.getLogger(__name__)
 
 DummySize = Literal["tiny", "full"]
 
-LANGUAGES = ["en", "es", "fr", "de", "it", "pt", "pl", "tr", "ru", "nl", "cs", "ar", "zh-cn", "hu", "ko", "ja", "hi"]
 # Published XTTS v2 vocabulary size; the full dummy pads its vocabulary up to it.
 V2_TEXT_TOKENS = 6681
 BUILTIN_SPEAKERS = ["Dummy Alto", "Dummy Bass", "Dummy Tenor"]

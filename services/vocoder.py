@@ -80,10 +80,6 @@ class IncrementalVocoder:
         """Decoder frames one latent becomes."""
         return math.prod(stage.scale for stage in self._stages)
 
-    @property
-    def latent_count(self) -> int:
-        return len(self._latents)
-
     def push(self, latent: torch.Tensor) -> None:
         """Add the next latent ([1, C] or [C])."""
         self._latents.append(latent.reshape(-1))
@@ -106,10 +102,6 @@ class IncrementalVocoder:
         if total <= self._emitted_frames:
             return self._empty()
         return self._decode(total, available=total, input_length=len(self._latents))
-
-    def latents(self) -> torch.Tensor:
-        """The latents kept so far as [1, T, C] (for equivalence checks)."""
-        return torch.stack(self._latents)[None]
 
     def _empty(self) -> torch.Tensor:
         return torch.zeros(0, device=self._speaker_embedding.device)

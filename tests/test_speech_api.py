@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import threading
 import time
 
 import httpx
@@ -224,8 +225,6 @@ def test_concurrent_streams_take_turns_and_sound_as_if_alone(client: httpx.Clien
                     first_audio_at[index] = time.perf_counter() - started
             together[index] = received
             finished_at[index] = time.perf_counter() - started
-
-    import threading
 
     threads = [threading.Thread(target=run, args=(index,)) for index in range(2)]
     threads[0].start()
