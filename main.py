@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from api.observability import RequestCountMiddleware
 from api.responses import register_exception_handlers
@@ -148,7 +149,8 @@ def create_app(settings: Settings | None = None, engine: TTSEngine | None = None
     """The app; the model loads in the lifespan (or `engine` is used as given)."""
     settings = settings or get_settings()
     configure_logging(settings.DEBUG)
-    app = FastAPI(
+    # Swagger UI's files are served by the app itself (fastapi-offline): no CDN, so it works offline too.
+    app = FastAPIOffline(
         title="XTTS Streaming Server",
         description=DESCRIPTION,
         version="1.0.0",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 import threading
 import time
 
@@ -184,6 +185,10 @@ def test_info_endpoints(client: httpx.Client, server: Server) -> None:
     assert client.get("/ready").status_code == 200
     docs = client.get("/")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    # Swagger UI's script and styles come from this server, not a CDN
+    for asset in re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', docs.text):
+        assert asset.startswith("/"), asset
+        assert client.get(asset).status_code == 200, asset
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/tts_stream", "/tts", "/languages", "/available_speakers", "/health"} <= set(paths)
     assert "noise, not speech" in server.log() or "noise not speech" in server.log()

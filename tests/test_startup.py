@@ -71,3 +71,9 @@ def test_missing_checkpoint_files_are_named(tmp_path: Path) -> None:
     finally:
         server.stop()
     assert "config.json" in server.log() and "model.pth" in server.log()
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (REPO / "README.md").read_text()
+    missing = [name for name in Settings.model_fields if f"| `{name}` |" not in readme]
+    assert missing == [], f"README's configuration table lacks {missing}"
