@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request, Response
 
 from api.deps import EngineDep, SettingsDep, SpeechDep
 from api.disconnect import start_unless_disconnected
-from api.responses import AudioStreamResponse
+from api.responses import AudioStreamResponse, stream_headers
 from models.inputs import OPENAI_VOICES, OpenAISpeechRequest, SpeechRequest
 from services.encoders import MEDIA_TYPES, AudioEncoder
 from services.errors import ModelNotFound
@@ -54,7 +54,7 @@ async def speech(
     )
     encoder = AudioEncoder(body.response_format)
     stream = await start_unless_disconnected(request, speech.start(synthesis))
-    headers = {"X-Session-ID": stream.session.id, "X-Seed": str(stream.seed), "X-Language": language}
+    headers = {**stream_headers(stream, encoder.sample_rate), "X-Language": language}
     return AudioStreamResponse(stream, encoder, headers)
 
 

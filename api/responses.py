@@ -144,6 +144,11 @@ def register_exception_handlers(app: FastAPI) -> None:
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
+def stream_headers(stream: AudioStream, sample_rate: int) -> dict[str, str]:
+    """What every speech response says about its stream."""
+    return {"X-Session-ID": stream.session.id, "X-Seed": str(stream.seed), "X-Sample-Rate": str(sample_rate)}
+
+
 class AudioStreamResponse(Response):
     """Sends an AudioStream as it is generated; stops generation when the client disconnects.
 

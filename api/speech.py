@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response
 
 from api.deps import SpeechDep
 from api.disconnect import start_unless_disconnected, until_disconnected
-from api.responses import ERROR_RESPONSES, AudioStreamResponse
+from api.responses import ERROR_RESPONSES, AudioStreamResponse, stream_headers
 from models.inputs import SpeechRequest
 from services.encoders import MEDIA_TYPES, AudioEncoder, encode_whole
 from services.tts import AudioStream
@@ -21,10 +21,6 @@ router = APIRouter(tags=["speech"])
 
 _AUDIO_CONTENT = {media_type: {} for media_type in MEDIA_TYPES.values()}
 _WAV_RESPONSE = {"content": _AUDIO_CONTENT, "description": "WAV (16-bit mono, 24 kHz) or the output_format asked for."}
-
-
-def _stream_headers(stream: AudioStream, sample_rate: int) -> dict[str, str]:
-    return {"X-Session-ID": stream.session.id, "X-Seed": str(stream.seed), "X-Sample-Rate": str(sample_rate)}
 
 
 @router.post(
@@ -43,7 +39,7 @@ async def tts_stream(body: SpeechRequest, request: Request, speech: SpeechDep) -
     output_format = "pcm" if body.output_format == "wav" and not body.add_wav_header else body.output_format
     encoder = AudioEncoder(output_format, body.sample_rate)
     stream = await start_unless_disconnected(request, speech.start(body))
-    return AudioStreamResponse(stream, encoder, _stream_headers(stream, body.sample_rate))
+    return AudioStreamResponse(stream, encoder, stream_headers(stream, body.sample_rate))
 
 
 @router.post(
@@ -68,7 +64,7 @@ async def tts(
     asking for audio, the WAV comes as a base64 JSON string, as coqui's xtts-streaming-server answers."""
     stream = await start_unless_disconnected(request, speech.start(body))
     pcm = await until_disconnected(request, _collect(stream))
-    headers = _stream_headers(stream, body.sample_rate)
+    headers = stream_headers(stream, body.sample_rate)
     audio = await anyio.to_thread.run_sync(encode_whole, pcm, body.output_format, body.sample_rate)
     if body.output_format == "wav" and _wants_base64(accept, explicit_latents=body.speaker_id is None):
         return JSONResponse(base64.b64encode(audio).decode("ascii"), headers=headers)
