@@ -1,35 +1,36 @@
-"""The FastAPI app: created by `create_app`, with the model owned by its lifespan."""
+"""The FastAPI app: created by `create_app`, with the model and every service owned by its lifespan."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import anyio
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
+from api.errors import register_exception_handlers
 from api.observability import RequestCountMiddleware
-from api.responses import register_exception_handlers
 from api.routes import router
+from api.state import AppState, ModelServices, attach
 from api.upload_limit import UploadLimitMiddleware
 from config import Settings, get_settings
-from models.voice_storage import VoiceStore
 from services.admission import AdmissionGate
 from services.cache import SpeakerCache
+from services.engine.model_loader import ModelChoice, load_model
+from services.engine.tts import TTSEngine
 from services.errors import ModelUnavailable
 from services.metrics import LiveFigures, Metrics
-from services.model_loader import load_model
 from services.sessions import SessionRegistry, log_session
-from services.speech import SpeechService
-from services.tts import TTSEngine
+from services.speech import SpeechLimits, SpeechService
 from services.utils import configure_logging
+from services.voice_store import VoiceStore
 from services.voices import VoiceService
 
 logger = logging.getLogger("xtts_server")
@@ -41,114 +42,116 @@ then 16-bit mono PCM at 24 kHz chunk by chunk. Errors are JSON: `{"error", "mess
 """
 
 
-async def _bring_up(app: FastAPI, settings: Settings, engine: TTSEngine | None) -> None:
-    """Load and warm the model, then open the voice store; on failure stop the server."""
-    state = app.state
-    try:
-        if engine is None:
-            loaded = await anyio.to_thread.run_sync(load_model, settings)
-            engine = TTSEngine(loaded)
-        logger.info(
-            "model %s on %s loaded in %.1f s%s",
-            engine.loaded.source,
-            engine.device,
-            engine.loaded.load_seconds,
-            " (DUMMY: random weights, noise not speech)" if engine.loaded.dummy else "",
-        )
-        state.engine = engine
-        warm_s = await anyio.to_thread.run_sync(engine.warm_up)
-        logger.info("warm-up generation took %.2f s", warm_s)
-        store = VoiceStore(settings.VOICES_DIR, engine.latent_dim, engine.embedding_dim)
-        if removed := await anyio.to_thread.run_sync(store.remove_leftovers):
-            logger.warning("removed %d half-written voice files from %s", removed, settings.VOICES_DIR)
-        voices = VoiceService(engine, store, state.cache)
-        await voices.preload(settings.preload_voice_ids)
-        state.voices = voices
-        state.speech = SpeechService(
-            engine,
-            voices,
-            state.sessions,
-            state.gate,
-            settings.MAX_TEXT_LENGTH,
-            settings.STREAM_FIRST_CHUNK_TOKENS,
-            settings.MAX_AUDIO_TOKENS,
-        )
-        state.status = "ready"
-        logger.info("ready: http://%s:%d/ (Swagger UI)", settings.HOST, settings.PORT)
-    except ModelUnavailable as error:
-        _fail(app, f"No model: {error}")
-    except Exception as error:
-        logger.exception("start-up failed")
-        _fail(app, f"Start-up failed: {type(error).__name__}: {error}")
-
-
-def _fail(app: FastAPI, message: str) -> None:
-    logger.critical(message)
-    app.state.status = "failed"
-    app.state.failure = message
-    # run.py stops its server directly and exits 1; under plain `uvicorn --factory`, stop it like Ctrl-C would.
-    stop = getattr(app.state, "request_exit", None) or (lambda: os.kill(os.getpid(), signal.SIGTERM))
-    stop()
-
-
-@asynccontextmanager
-async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: Settings = app.state.settings
-    state = app.state
-    state.started_at = time.time()
-    state.status = "loading"
-    state.failure = None
-    state.engine = state.voices = state.speech = None
-    state.gate = AdmissionGate(settings.MAX_CONCURRENT_REQUESTS, settings.MAX_QUEUE_SIZE, settings.QUEUE_TIMEOUT)
-    state.cache = SpeakerCache(settings.SPEAKER_CACHE_MAX_SIZE, settings.SPEAKER_CACHE_TTL)
-    state.metrics = Metrics(_live_figures(app))
-    state.sessions = SessionRegistry(
-        settings.SESSION_HISTORY_SIZE,
-        settings.SESSION_HISTORY_TTL,
-        on_finish=[log_session, state.metrics.observe_session],
+def _build_state(settings: Settings) -> AppState:
+    gate = AdmissionGate(settings.MAX_CONCURRENT_REQUESTS, settings.MAX_QUEUE_SIZE, settings.QUEUE_TIMEOUT)
+    cache = SpeakerCache(settings.SPEAKER_CACHE_MAX_SIZE, settings.SPEAKER_CACHE_TTL)
+    metrics = Metrics(_live_figures(gate, cache))
+    sessions = SessionRegistry(
+        settings.SESSION_HISTORY_SIZE, settings.SESSION_HISTORY_TTL, on_finish=[log_session, metrics.observe_session]
     )
-    bring_up = asyncio.create_task(_bring_up(app, settings, state.preset_engine))
-    try:
-        yield
-    finally:
-        begin_draining(app)
-        bring_up.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await bring_up
-        for session in state.sessions.live():
-            session.error = session.error or "server shutting down"
-            session.cancel_event.set()
-        if state.engine is not None:
-            await anyio.to_thread.run_sync(state.engine.shutdown)
+    return AppState(settings=settings, gate=gate, cache=cache, sessions=sessions, metrics=metrics)
 
 
-def _live_figures(app: FastAPI) -> LiveFigures:
-    state = app.state
-
-    def cache() -> tuple[int, int, int, int]:
-        stats = state.cache.stats()
+def _live_figures(gate: AdmissionGate, cache: SpeakerCache) -> LiveFigures:
+    def cache_figures() -> tuple[int, int, int, int]:
+        stats = cache.stats()
         return stats.size, stats.hits, stats.misses, stats.evictions
 
     return LiveFigures(
-        in_flight=lambda: state.gate.in_flight,
-        queued=lambda: state.gate.queued,
-        capacity=lambda: state.gate.capacity,
-        cache=cache,
-        model_load_seconds=lambda: state.engine.loaded.load_seconds if state.engine is not None else None,
+        in_flight=lambda: gate.in_flight, queued=lambda: gate.queued, capacity=lambda: gate.capacity,
+        cache=cache_figures,
+    )  # fmt: skip
+
+
+def model_choice(settings: Settings) -> ModelChoice:
+    """The model settings, as the engine's loader takes them."""
+    return ModelChoice(
+        dummy=settings.DUMMY_MODEL,
+        checkpoint_dir=settings.CUSTOM_MODEL_PATH,
+        use_cpu=settings.USE_CPU,
+        num_threads=settings.NUM_THREADS,
     )
 
 
-def begin_draining(app: FastAPI) -> None:
-    """Refuse new work (503) while running streams finish."""
-    if app.state.status != "failed":
-        app.state.status = "draining"
-    app.state.gate.draining = True
+def _studio_speakers_json(engine: TTSEngine) -> bytes:
+    """coqui's /studio_speakers answer: every built-in speaker with its latents as lists."""
+    return json.dumps({name: latents.as_lists() for name, latents in engine.builtin_speakers.items()}).encode()
 
 
-def create_app(settings: Settings | None = None, engine: TTSEngine | None = None) -> FastAPI:
-    """The app; the model loads in the lifespan (or `engine` is used as given)."""
+async def _bring_up(state: AppState, engine: TTSEngine) -> None:
+    """Warm the model, then open the voice store and the services."""
+    settings = state.settings
+    loaded = engine.loaded
+    state.metrics.model_load_seconds.set(loaded.load_seconds)
+    logger.info(
+        "model %s on %s loaded in %.1f s%s", loaded.source, engine.device, loaded.load_seconds,
+        " (DUMMY: random weights, noise not speech)" if loaded.dummy else "",
+    )  # fmt: skip
+    logger.info("warm-up generation took %.2f s", await anyio.to_thread.run_sync(engine.warm_up))
+    store = VoiceStore(settings.VOICES_DIR, engine.latent_dim, engine.embedding_dim)
+    if removed := await anyio.to_thread.run_sync(store.remove_leftovers):
+        logger.warning("removed %d half-written voice files from %s", removed, settings.VOICES_DIR)
+    voices = VoiceService(engine, store, state.cache)
+    await voices.preload(settings.preload_voice_ids)
+    limits = SpeechLimits(settings.MAX_TEXT_LENGTH, settings.STREAM_FIRST_CHUNK_TOKENS, settings.MAX_AUDIO_TOKENS)
+    state.model = ModelServices(
+        engine=engine,
+        voices=voices,
+        speech=SpeechService(engine, voices, state.sessions, state.gate, limits),
+        studio_speakers_json=await anyio.to_thread.run_sync(_studio_speakers_json, engine),
+    )
+    state.status = "ready"
+    logger.info("ready: http://%s:%d/ (Swagger UI)", settings.HOST, settings.PORT)
+
+
+def _default_exit() -> None:
+    # Under plain `uvicorn --factory`: stop the server as Ctrl-C would (run.py passes its own).
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def create_app(
+    settings: Settings | None = None,
+    engine: TTSEngine | None = None,
+    request_exit: Callable[[], None] = _default_exit,
+) -> FastAPI:
+    """The app. The lifespan loads the model, or uses `engine` as given (and then leaves it running:
+    its owner shuts it down). `request_exit` is called when start-up fails."""
     settings = settings or get_settings()
     configure_logging(settings.DEBUG)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = _build_state(settings)
+        attach(app, state)
+        owned_engine: TTSEngine | None = None  # shut down here; an engine passed in belongs to its caller
+
+        async def bring_up() -> None:
+            nonlocal owned_engine
+            try:
+                ready_engine = engine
+                if ready_engine is None:
+                    loaded = await anyio.to_thread.run_sync(load_model, model_choice(settings))
+                    ready_engine = owned_engine = TTSEngine(loaded)
+                await _bring_up(state, ready_engine)
+            except ModelUnavailable as error:
+                _fail(state, f"No model: {error}", request_exit)
+            except Exception as error:
+                logger.exception("start-up failed")
+                _fail(state, f"Start-up failed: {type(error).__name__}: {error}", request_exit)
+
+        starting = asyncio.create_task(bring_up())
+        try:
+            yield
+        finally:
+            state.begin_draining()
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            for stream in state.sessions.live():
+                stream.cancel("server shutting down")
+            if owned_engine is not None:
+                await anyio.to_thread.run_sync(owned_engine.shutdown)
+
     # Swagger UI's files are served by the app itself (fastapi-offline): no CDN, so it works offline too.
     app = FastAPIOffline(
         title="XTTS Streaming Server",
@@ -156,12 +159,17 @@ def create_app(settings: Settings | None = None, engine: TTSEngine | None = None
         version="1.0.0",
         docs_url="/",
         redoc_url=None,
-        lifespan=_lifespan,
+        lifespan=lifespan,
     )
-    app.state.settings = settings
-    app.state.preset_engine = engine
     register_exception_handlers(app)
     app.include_router(router)
     app.add_middleware(UploadLimitMiddleware, limit_bytes=int(settings.MAX_UPLOAD_MB * 1_000_000))
     app.add_middleware(RequestCountMiddleware)
     return app
+
+
+def _fail(state: AppState, message: str, request_exit: Callable[[], None]) -> None:
+    logger.critical(message)
+    state.status = "failed"
+    state.failure = message
+    request_exit()

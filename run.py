@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from types import FrameType
 
 import uvicorn
@@ -14,14 +15,12 @@ from config import Settings, describe_settings_error
 class _DrainingServer(uvicorn.Server):
     """uvicorn, plus: on SIGTERM/SIGINT the app stops admitting streams before connections close."""
 
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        app = self.config.loaded_app if self.config.loaded else None
-        while app is not None and not hasattr(app, "state"):
-            app = getattr(app, "app", None)  # unwrap uvicorn's and Starlette's middleware
-        if app is not None and getattr(app.state, "gate", None) is not None:
-            from main import begin_draining
+    def __init__(self, config: uvicorn.Config, begin_draining: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._begin_draining = begin_draining
 
-            begin_draining(app)
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._begin_draining()
         super().handle_exit(sig, frame)
 
 
@@ -31,9 +30,21 @@ def main() -> int:
     except ValidationError as error:
         print(describe_settings_error(error), file=sys.stderr)
         return 2
+    from api.state import app_state
     from main import create_app
 
-    app = create_app(settings)
+    server: uvicorn.Server | None = None
+
+    def request_exit() -> None:
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(settings, request_exit=request_exit)
+
+    def begin_draining() -> None:
+        if (state := app_state(app)) is not None:
+            state.begin_draining()
+
     config = uvicorn.Config(
         app,
         host=settings.HOST,
@@ -41,10 +52,10 @@ def main() -> int:
         log_level="debug" if settings.DEBUG else "info",
         timeout_graceful_shutdown=int(settings.SHUTDOWN_TIMEOUT),
     )
-    server = _DrainingServer(config)
-    app.state.request_exit = lambda: setattr(server, "should_exit", True)
+    server = _DrainingServer(config, begin_draining)
     server.run()
-    return 1 if app.state.status == "failed" else 0
+    state = app_state(app)
+    return 1 if state is not None and state.status == "failed" else 0
 
 
 if __name__ == "__main__":

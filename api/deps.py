@@ -1,4 +1,4 @@
-"""Typed dependencies: routes get the app's services from here, never from module globals."""
+"""Typed dependencies: routes get the app's services from its one state object, never from globals."""
 
 from __future__ import annotations
 
@@ -6,49 +6,63 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from api.state import AppState, ModelServices, app_state
 from config import Settings
 from services.admission import AdmissionGate
 from services.cache import SpeakerCache
+from services.engine.tts import TTSEngine
 from services.errors import NotReady
 from services.sessions import SessionRegistry
 from services.speech import SpeechService
-from services.tts import TTSEngine
 from services.voices import VoiceService
 
 
-def _ready(request: Request, name: str) -> object:
-    value = getattr(request.app.state, name, None)
-    if value is None:
-        raise NotReady(f"the model is {request.app.state.status}; try again shortly")
-    return value
+def get_state(request: Request) -> AppState:
+    state = app_state(request.app)
+    if state is None:  # only before the lifespan has run
+        raise RuntimeError("the app has not started")
+    return state
 
 
-def get_settings(request: Request) -> Settings:
-    return request.app.state.settings  # type: ignore[no-any-return]
+StateDep = Annotated[AppState, Depends(get_state)]
 
 
-def get_engine(request: Request) -> TTSEngine:
-    return _ready(request, "engine")  # type: ignore[return-value]
+def get_model(state: StateDep) -> ModelServices:
+    """The loaded model's services; 503 while it loads, or once the server drains."""
+    if state.model is None:
+        raise NotReady(f"the model is {state.status}; try again shortly", retry_after_s=state.gate.retry_after_s())
+    return state.model
 
 
-def get_speech(request: Request) -> SpeechService:
-    return _ready(request, "speech")  # type: ignore[return-value]
+ModelDep = Annotated[ModelServices, Depends(get_model)]
 
 
-def get_voices(request: Request) -> VoiceService:
-    return _ready(request, "voices")  # type: ignore[return-value]
+def get_settings(state: StateDep) -> Settings:
+    return state.settings
 
 
-def get_sessions(request: Request) -> SessionRegistry:
-    return request.app.state.sessions  # type: ignore[no-any-return]
+def get_engine(model: ModelDep) -> TTSEngine:
+    return model.engine
 
 
-def get_gate(request: Request) -> AdmissionGate:
-    return request.app.state.gate  # type: ignore[no-any-return]
+def get_speech(model: ModelDep) -> SpeechService:
+    return model.speech
 
 
-def get_cache(request: Request) -> SpeakerCache:
-    return request.app.state.cache  # type: ignore[no-any-return]
+def get_voices(model: ModelDep) -> VoiceService:
+    return model.voices
+
+
+def get_sessions(state: StateDep) -> SessionRegistry:
+    return state.sessions
+
+
+def get_gate(state: StateDep) -> AdmissionGate:
+    return state.gate
+
+
+def get_cache(state: StateDep) -> SpeakerCache:
+    return state.cache
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

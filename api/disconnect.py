@@ -1,16 +1,17 @@
-"""Run request work unless the client leaves first (queued requests must never reach the model)."""
+"""Request work that stops when the client leaves (queued requests must never reach the model)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from fastapi import Request
 
-from api.responses import ClientDisconnected
-from services.tts import AudioStream
+from api.errors import ClientDisconnected
+from services.speech import SpeechJob, SpeechService
+from services.speech_stream import SpeechStream
 
 T = TypeVar("T")
 
@@ -20,18 +21,17 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-async def until_disconnected(
-    request: Request, work: Coroutine[Any, Any, T], discard: Callable[[T], Awaitable[None]] | None = None
-) -> T:
-    """Await `work`, cancelling it and raising ClientDisconnected if the client goes away first.
-
-    `discard` releases a result that was ready just as the client left.
-    """
+async def until_disconnected(request: Request, work: Coroutine[Any, Any, T], on_disconnect: Callable[[], None]) -> T:
+    """Await `work`; if the client goes away first, call `on_disconnect`, cancel the work and raise
+    ClientDisconnected (also when the work finished just as the client left)."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_disconnected(request))
     try:
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        left = watcher.done() and not watcher.cancelled() and watcher.exception() is None
+        if left:
+            on_disconnect()
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
@@ -41,18 +41,20 @@ async def until_disconnected(
         result = await task
     except asyncio.CancelledError:
         raise ClientDisconnected() from None
-    if watcher.cancelled() or watcher.exception() is not None:
-        return result
-    if discard is not None:
-        await discard(result)
-    raise ClientDisconnected()
+    if left:
+        raise ClientDisconnected()
+    return result
 
 
-async def _give_back(stream: AudioStream) -> None:
-    stream.session.error = "client disconnected while queued"
-    await stream.close(asyncio.CancelledError())
-
-
-async def start_unless_disconnected(request: Request, work: Coroutine[Any, Any, AudioStream]) -> AudioStream:
-    """Validation, voice and queue, abandoned if the client leaves meanwhile (its slot goes straight back)."""
-    return await until_disconnected(request, work, _give_back)
+async def open_admitted(request: Request, speech: SpeechService, job: SpeechJob) -> SpeechStream:
+    """Check the job, then wait for a slot; a client that leaves while queued never reaches the model,
+    and a slot won just as it left goes straight back."""
+    stream = await speech.open(job)
+    try:
+        await until_disconnected(
+            request, stream.admit(), on_disconnect=lambda: stream.cancel("client disconnected while queued")
+        )
+    except ClientDisconnected:
+        await stream.close()
+        raise
+    return stream

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.deps import StateDep
+from api.state import app_state
 
 router = APIRouter(tags=["server"])
 
 
 @router.get("/metrics", response_class=Response, summary="Prometheus metrics")
-async def metrics(request: Request) -> Response:
-    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+async def metrics(state: StateDep) -> Response:
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 class RequestCountMiddleware:
@@ -36,6 +39,6 @@ class RequestCountMiddleware:
         finally:
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
-            metrics = getattr(scope["app"].state, "metrics", None)
-            if metrics is not None:
-                metrics.requests.labels(scope["method"], path, str(status)).inc()
+            state = app_state(scope["app"])
+            if state is not None:
+                state.metrics.requests.labels(scope["method"], path, str(status)).inc()

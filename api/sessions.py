@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, Path
 from pydantic import BaseModel, Field
 
 from api.deps import SessionsDep
-from api.responses import ERROR_RESPONSES
-from models.inputs import ID_PATTERN
+from api.errors import ERROR_RESPONSES
+from services.ids import ID_PATTERN
 from services.sessions import StreamSession, StreamState
 
 router = APIRouter(tags=["sessions"])
 
-SessionId = Path(pattern=ID_PATTERN, description="The X-Session-ID of a stream.")
+SessionId = Annotated[str, Path(pattern=ID_PATTERN, description="The X-Session-ID of a stream.")]
 
 
 class SessionStatus(BaseModel):
@@ -60,14 +62,12 @@ def _status(session: StreamSession) -> SessionStatus:
 
 
 @router.get("/stream_status/{session_id}", response_model=SessionStatus, responses=ERROR_RESPONSES)
-async def stream_status(sessions: SessionsDep, session_id: str = SessionId) -> SessionStatus:
+async def stream_status(sessions: SessionsDep, session_id: SessionId) -> SessionStatus:
     """A stream's state and progress; finished sessions stay visible for SESSION_HISTORY_TTL seconds."""
     return _status(sessions.get(session_id))
 
 
 @router.delete("/stream_cancel/{session_id}", response_model=SessionStatus, responses=ERROR_RESPONSES)
-async def stream_cancel(sessions: SessionsDep, session_id: str = SessionId) -> SessionStatus:
+async def stream_cancel(sessions: SessionsDep, session_id: SessionId) -> SessionStatus:
     """Stop a live stream within one model chunk; its HTTP response ends and its slot frees. 409 if finished."""
-    session = sessions.cancel(session_id)
-    session.error = session.error or "cancelled by request"
-    return _status(session)
+    return _status(sessions.cancel(session_id, "cancelled by request"))

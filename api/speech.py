@@ -1,26 +1,49 @@
-"""Speech endpoints: /tts_stream streams WAV as it is generated, /tts returns it whole."""
+"""Speech endpoints: /tts_stream streams audio as it is generated, /tts returns it whole."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response
 
 from api.deps import SpeechDep
-from api.disconnect import start_unless_disconnected, until_disconnected
-from api.responses import ERROR_RESPONSES, AudioStreamResponse, stream_headers
+from api.disconnect import open_admitted, until_disconnected
+from api.errors import ERROR_RESPONSES
+from api.responses import AudioStreamResponse, stream_headers
 from models.inputs import SpeechRequest
-from services.encoders import MEDIA_TYPES, AudioEncoder, encode_whole
-from services.tts import AudioStream
+from services.encoders import AudioEncoder, encode_whole
+from services.formats import MEDIA_TYPES
+from services.speech import GivenLatents, SpeechJob, SpeechOptions
+from services.speech_stream import SpeechStream
 
 router = APIRouter(tags=["speech"])
 
-_AUDIO_CONTENT = {media_type: {} for media_type in MEDIA_TYPES.values()}
+_AUDIO_CONTENT: dict[str, dict[str, Any]] = {media_type: {} for media_type in MEDIA_TYPES.values()}
 _WAV_RESPONSE = {"content": _AUDIO_CONTENT, "description": "WAV (16-bit mono, 24 kHz) or the output_format asked for."}
+
+
+def speech_job(body: SpeechRequest) -> SpeechJob:
+    """What the speech service needs of a /tts or /tts_stream body."""
+    voice: str | GivenLatents
+    if body.speaker_id is not None:
+        voice = body.speaker_id
+    else:  # the model's validator has made sure both are there
+        assert body.gpt_cond_latent is not None and body.speaker_embedding is not None
+        voice = GivenLatents(body.gpt_cond_latent, body.speaker_embedding)
+    options = SpeechOptions(
+        temperature=body.temperature,
+        top_p=body.top_p,
+        top_k=body.top_k,
+        repetition_penalty=body.repetition_penalty,
+        speed=body.speed,
+        stream_chunk_size=body.stream_chunk_size,
+        enable_text_splitting=body.enable_text_splitting,
+        seed=body.seed,
+    )
+    return SpeechJob(body.text, body.language, voice, options, body.session_id)
 
 
 @router.post(
@@ -38,7 +61,7 @@ async def tts_stream(body: SpeechRequest, request: Request, speech: SpeechDep) -
     """
     output_format = "pcm" if body.output_format == "wav" and not body.add_wav_header else body.output_format
     encoder = AudioEncoder(output_format, body.sample_rate)
-    stream = await start_unless_disconnected(request, speech.start(body))
+    stream = await open_admitted(request, speech, speech_job(body))
     return AudioStreamResponse(stream, encoder, stream_headers(stream, body.sample_rate))
 
 
@@ -62,8 +85,11 @@ async def tts(
 ) -> Response:
     """The complete WAV. With `Accept: application/json`, or when coqui's latents form is sent without
     asking for audio, the WAV comes as a base64 JSON string, as coqui's xtts-streaming-server answers."""
-    stream = await start_unless_disconnected(request, speech.start(body))
-    pcm = await until_disconnected(request, _collect(stream))
+    stream = await open_admitted(request, speech, speech_job(body))
+    async with stream:
+        pcm = await until_disconnected(
+            request, _collect(stream), on_disconnect=lambda: stream.cancel("client disconnected")
+        )
     headers = stream_headers(stream, body.sample_rate)
     audio = await anyio.to_thread.run_sync(encode_whole, pcm, body.output_format, body.sample_rate)
     if body.output_format == "wav" and _wants_base64(accept, explicit_latents=body.speaker_id is None):
@@ -71,18 +97,8 @@ async def tts(
     return Response(audio, media_type=MEDIA_TYPES[body.output_format], headers=headers)
 
 
-async def _collect(stream: AudioStream) -> bytes:
-    failure: BaseException | None = None
-    try:
-        return b"".join([chunk async for chunk in stream])
-    except asyncio.CancelledError:
-        stream.session.error = stream.session.error or "client disconnected"
-        raise
-    except Exception as error:
-        failure = error
-        raise
-    finally:
-        await stream.close(failure)
+async def _collect(stream: SpeechStream) -> bytes:
+    return b"".join([chunk async for chunk in stream])
 
 
 def _wants_base64(accept: str | None, explicit_latents: bool) -> bool:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import time
-from typing import Literal
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from api.deps import EngineDep, GateDep
+from api.deps import EngineDep, ModelDep, StateDep
+from api.state import ServerStatus
 
 router = APIRouter(tags=["server"])
 
@@ -30,7 +30,7 @@ class LoadInfo(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["loading", "ready", "draining", "failed"]
+    status: ServerStatus
     model: ModelInfo
     uptime_s: float
     requests: LoadInfo
@@ -38,11 +38,11 @@ class Health(BaseModel):
 
 
 @router.get("/health", response_model=Health, summary="Liveness and load (always 200 while the process runs)")
-async def health(request: Request, gate: GateDep) -> Health:
-    state = request.app.state
-    engine = getattr(state, "engine", None)
+async def health(state: StateDep) -> Health:
+    engine = state.model.engine if state.model is not None else None
     loaded = engine.loaded if engine is not None else None
     dummy = bool(state.settings.DUMMY_MODEL)
+    gate = state.gate
     return Health(
         status=state.status,
         model=ModelInfo(
@@ -68,8 +68,8 @@ async def health(request: Request, gate: GateDep) -> Health:
     summary="Readiness: 200 when requests can be served, 503 while loading or draining",
     responses={503: {"description": "Not ready."}},
 )
-async def ready(request: Request) -> JSONResponse:
-    status = request.app.state.status
+async def ready(state: StateDep) -> JSONResponse:
+    status = state.status
     return JSONResponse({"ready": status == "ready", "status": status}, status_code=200 if status == "ready" else 503)
 
 
@@ -86,6 +86,10 @@ async def available_speakers(engine: EngineDep) -> list[str]:
 @router.get(
     "/studio_speakers",
     summary="Built-in speakers with their latents (coqui xtts-streaming-server compatible)",
+    response_class=Response,
+    responses={
+        200: {"content": {"application/json": {}}, "description": "Name -> gpt_cond_latent, speaker_embedding."}
+    },
 )
-async def studio_speakers(engine: EngineDep) -> dict[str, dict[str, list]]:
-    return {name: latents.as_lists() for name, latents in engine.builtin_speakers.items()}
+async def studio_speakers(model: ModelDep) -> Response:
+    return Response(model.studio_speakers_json, media_type="application/json")

@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.errors import service_error_response
 from services.errors import PayloadTooLarge
-
-
-def _too_large_body(limit_bytes: int) -> bytes:
-    return json.dumps(
-        {
-            "error": "payload_too_large",
-            "message": f"upload is over MAX_UPLOAD_MB ({limit_bytes / 1e6:g} MB)",
-            "details": {"limit_bytes": limit_bytes},
-        }
-    ).encode()
 
 
 class UploadLimitMiddleware:
@@ -26,12 +15,21 @@ class UploadLimitMiddleware:
         self.app = app
         self.limit_bytes = limit_bytes
 
+    def _too_large(self) -> PayloadTooLarge:
+        return PayloadTooLarge(
+            f"upload is over MAX_UPLOAD_MB ({self.limit_bytes / 1e6:g} MB)", limit_bytes=self.limit_bytes
+        )
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in {"POST", "PUT", "PATCH"}:
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit_bytes:
-            return await self._refuse(send)
+            # Answered by the one error renderer (OpenAI's shape under /v1); the unread body is left
+            # unread, so the connection closes after this answer.
+            response = service_error_response(scope["path"], self._too_large())
+            response.headers["Connection"] = "close"
+            return await response(scope, receive, send)
         received = 0
 
         async def counted() -> Message:
@@ -40,22 +38,7 @@ class UploadLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit_bytes:
-                    raise PayloadTooLarge(f"upload is over MAX_UPLOAD_MB ({self.limit_bytes / 1e6:g} MB)")
+                    raise self._too_large()
             return message
 
         await self.app(scope, counted, send)
-
-    async def _refuse(self, send: Send) -> None:
-        body = _too_large_body(self.limit_bytes)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Form, UploadFile
+from fastapi import APIRouter, Form, Path, UploadFile
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError
 
-from api.deps import CacheDep, EngineDep, VoicesDep
-from api.responses import ERROR_RESPONSES
+from api.deps import CacheDep, VoicesDep
+from api.errors import ERROR_RESPONSES
 from models.inputs import CloneOptions, SaveVoiceRequest
-from models.voice_storage import VoiceRecord, check_voice_id
-from services.cloning import CloneSettings
-from services.latents import normalize_latents
+from services.engine.cloning import CloneSettings
+from services.ids import ID_PATTERN
+from services.voice_store import VoiceRecord
 
 router = APIRouter(tags=["voices"])
+
+VoiceId = Annotated[str, Path(pattern=ID_PATTERN, description="A saved voice's id.")]
 
 
 class Latents(BaseModel):
@@ -80,8 +82,6 @@ async def clone_speaker(
 ) -> Latents | SavedVoiceOut:
     """Clone a voice from reference audio: return its latents (coqui's form) or save it."""
     settings = _parse_options(options)
-    if settings.save_id is not None:
-        check_voice_id(settings.save_id)
     uploads = [(upload.filename or f"file{index}", await upload.read()) for index, upload in enumerate(wav_file)]
     latents = await voices.clone(
         uploads,
@@ -103,11 +103,12 @@ async def clone_speaker(
 
 
 @router.post("/save_voice/{voice_id}", response_model=SavedVoiceOut, status_code=201, responses=ERROR_RESPONSES)
-async def save_voice(voice_id: str, body: SaveVoiceRequest, voices: VoicesDep, engine: EngineDep) -> SavedVoiceOut:
+async def save_voice(voice_id: VoiceId, body: SaveVoiceRequest, voices: VoicesDep) -> SavedVoiceOut:
     """Save latents under an id; 409 if it exists unless `overwrite` is true."""
-    check_voice_id(voice_id)
-    latents = normalize_latents(body.gpt_cond_latent, body.speaker_embedding, engine.latent_dim, engine.embedding_dim)
-    return _out(await voices.save(voice_id, latents, body.name or voice_id, body.description, body.overwrite))
+    record = await voices.save_latents(
+        voice_id, body.gpt_cond_latent, body.speaker_embedding, body.name or voice_id, body.description, body.overwrite
+    )
+    return _out(record)
 
 
 @router.get("/saved_voices", response_model=list[SavedVoiceOut])
@@ -117,14 +118,14 @@ async def saved_voices(voices: VoicesDep) -> list[SavedVoiceOut]:
 
 
 @router.get("/saved_voices/{voice_id}", response_model=SavedVoiceWithLatents, responses=ERROR_RESPONSES)
-async def saved_voice(voice_id: str, voices: VoicesDep) -> SavedVoiceWithLatents:
+async def saved_voice(voice_id: VoiceId, voices: VoicesDep) -> SavedVoiceWithLatents:
     """One saved voice with its latents."""
     saved = await voices.get(voice_id)
     return SavedVoiceWithLatents(**saved.record.__dict__, **saved.latents.as_lists())
 
 
 @router.delete("/saved_voices/{voice_id}", responses=ERROR_RESPONSES)
-async def delete_voice(voice_id: str, voices: VoicesDep) -> dict[str, str]:
+async def delete_voice(voice_id: VoiceId, voices: VoicesDep) -> dict[str, str]:
     """Delete a saved voice (and drop it from the cache)."""
     await voices.delete(voice_id)
     return {"deleted": voice_id}

@@ -12,13 +12,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from services.audio import to_pcm16
 from services.cache import SpeakerCache
-from services.cloning import CloneSettings, compute_voice_latents
-from services.gpt_sampler import SamplingSettings, StepTimings
-from services.latents import VoiceLatents
-from services.synthesis import ChunkSchedule, stream_sentence
-from services.tts import TTSEngine
+from services.engine.cloning import CloneSettings, compute_voice_latents
+from services.engine.gpt_sampler import SamplingSettings, StepTimings
+from services.engine.latents import VoiceLatents
+from services.engine.pcm import to_pcm16
+from services.engine.synthesis import GenerationParams, stream_sentence
+from services.engine.tts import TTSEngine
 
 
 def _median_s(work: Callable[[], object], repeats: int = 3) -> float:
@@ -39,11 +39,8 @@ def _old_to_pcm16(wav: torch.Tensor) -> bytes:
 
 def _generate(engine: TTSEngine, voice: VoiceLatents, tokens: int) -> None:
     text = torch.IntTensor(engine.model.tokenizer.encode("hello there.", "en")).unsqueeze(0).to(engine.device)
-    for _ in stream_sentence(
-        engine.model, text, voice.gpt_cond_latent, voice.speaker_embedding,
-        SamplingSettings(min_new_tokens=tokens, max_new_tokens=tokens), ChunkSchedule(), 1.0, None,
-        threading.Event(), StepTimings(),
-    ):  # fmt: skip
+    params = GenerationParams(sampling=SamplingSettings(min_new_tokens=tokens, max_new_tokens=tokens))
+    for _ in stream_sentence(engine.model, text, voice, params, threading.Event(), StepTimings()):
         pass
 
 

@@ -33,12 +33,13 @@ import torch
 
 from bench import micro
 from config import Settings
-from services.dummy_model import build_dummy_xtts
-from services.gpt_sampler import SamplingSettings
-from services.latents import VoiceLatents
-from services.model_loader import load_model, pick_device
-from services.sessions import SessionRegistry
-from services.tts import GenerationParams, TTSEngine
+from main import model_choice
+from services.engine.dummy_model import build_dummy_xtts
+from services.engine.gpt_sampler import SamplingSettings
+from services.engine.latents import VoiceLatents
+from services.engine.model_loader import load_model, pick_device
+from services.engine.synthesis import GenerationParams
+from services.engine.tts import TTSEngine
 
 REPO = Path(__file__).resolve().parent.parent
 SPEAKER = "Dummy Alto"
@@ -95,44 +96,45 @@ def timed_stock_one_shot(model: Any, text: str, voice: VoiceLatents, tokens: int
 
 
 async def timed_engine_stream(engine: TTSEngine, text: str, voice: VoiceLatents, tokens: int, seed: int) -> dict:
-    sessions = SessionRegistry(16, 60)
-    session = sessions.create(None, SPEAKER, "en", len(text))
     started = time.perf_counter()
     sentences = await engine.plan(text, "en", True)
     params = GenerationParams(
         sampling=SamplingSettings(repetition_penalty=REPETITION_PENALTY, min_new_tokens=tokens, max_new_tokens=tokens),
         seed=seed,
     )
-    stream = engine.open_stream(sentences, voice, params, session, sessions, release=lambda: None)
+    stream = engine.synthesize(sentences, voice, params, threading.Event())
     first = None
     received = 0
     async for chunk in stream:
         if first is None:
             first = time.perf_counter() - started
         received += len(chunk)
-    await stream.close()
+    await stream.wait_idle()
     total = time.perf_counter() - started
+    timings = stream.timings
+    stages = {"prefill": timings.prefill_s, "gpt_steps": timings.gpt_steps_s, "vocoder": timings.vocoder_s,
+              "encode": stream.encode_s}  # fmt: skip
     return {
         "ttfa_s": first or 0.0,
         "total_s": total,
         "audio_s": received / 48000,
-        "stages_s": {stage: round(seconds, 4) for stage, seconds in session.timings_s.items()},
+        "stages_s": {stage: round(seconds, 4) for stage, seconds in stages.items()},
     }
 
 
 async def engine_first_chunk(engine: TTSEngine, text: str, voice: VoiceLatents, seed: int) -> float:
     """Seconds from request to the first audio chunk through the engine (plan, admission-free stream)."""
-    sessions = SessionRegistry(16, 60)
-    session = sessions.create(None, SPEAKER, "en", len(text))
     started = time.perf_counter()
     sentences = await engine.plan(text, "en", True)
     params = GenerationParams(sampling=SamplingSettings(repetition_penalty=REPETITION_PENALTY), seed=seed)
-    stream = engine.open_stream(sentences, voice, params, session, sessions, release=lambda: None)
+    cancel = threading.Event()
+    stream = engine.synthesize(sentences, voice, params, cancel)
     chunks = stream.__aiter__()
     await chunks.__anext__()
     first = time.perf_counter() - started
+    cancel.set()
     await chunks.aclose()
-    await stream.close()
+    await stream.wait_idle()
     return first
 
 
@@ -441,7 +443,7 @@ def main() -> None:
     args = parser.parse_args()
     max_tokens = 37 if args.size == "tiny" else 600  # the tiny model stops at 40 - 3
     print(f"benchmarking dummy {args.size} on {pick_device(False)}", flush=True)
-    loaded = load_model(Settings(DUMMY_MODEL=args.size))  # as the server runs it: weight norm folded
+    loaded = load_model(model_choice(Settings(DUMMY_MODEL=args.size)))  # as the server runs it: weight norm folded
     engine = TTSEngine(loaded)
     engine.warm_up()
     stock = build_dummy_xtts(args.size, Path(tempfile.gettempdir()) / "xtts-dummy").to(

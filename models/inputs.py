@@ -6,30 +6,18 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from services.encoders import OutputFormat, format_problem
+from services.engine.languages import XTTS_LANGUAGES
+from services.engine.pcm import OUTPUT_SAMPLE_RATE
+from services.formats import OUTPUT_FORMATS, OutputFormat, format_problem
+from services.ids import ID_PATTERN
 
-# XTTS v2's languages; a custom checkpoint may speak fewer (the engine checks that).
-XTTS_LANGUAGES = [
-    "en",
-    "es",
-    "fr",
-    "de",
-    "it",
-    "pt",
-    "pl",
-    "tr",
-    "ru",
-    "nl",
-    "cs",
-    "ar",
-    "zh-cn",
-    "hu",
-    "ko",
-    "ja",
-    "hi",
-]
 _LANGUAGE_ALIASES = {"zh": "zh-cn", "zh-hans": "zh-cn", "zh_cn": "zh-cn"}
-ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+# A saved voice's id or a proposed session id: checked once, here, where requests come in (422).
+ClientId = Annotated[
+    str,
+    Field(pattern=ID_PATTERN, description="1-64 characters of A-Z, a-z, 0-9, '_' or '-'.", examples=["my-voice"]),
+]
 
 
 # Latents squeezed or not: [32, 1024], [1, 32, 1024], flat; [512], [1, 512], [512, 1], [1, 512, 1].
@@ -56,7 +44,7 @@ Language = Annotated[
     Field(
         description="Language of the text (ISO code; `zh` means `zh-cn`).",
         examples=["en"],
-        json_schema_extra={"enum": XTTS_LANGUAGES},
+        json_schema_extra={"enum": list(XTTS_LANGUAGES)},
     ),
 ]
 
@@ -116,15 +104,15 @@ class SpeechRequest(GenerationOptions):
     add_wav_header: bool = Field(
         True, description="/tts_stream only: start with a WAV header; false sends bare 16-bit PCM."
     )
-    session_id: str | None = Field(
-        None,
-        pattern=ID_PATTERN,
-        description="Propose the session id (else one is made; see /stream_status); a duplicate is 409.",
+    session_id: ClientId | None = Field(
+        None, description="Propose the session id (else one is made; see /stream_status); a duplicate is 409."
     )
     output_format: OutputFormat = Field(
         "wav", description="wav, pcm (16-bit little-endian mono), mp3, opus (in Ogg), aac (ADTS) or flac."
     )
-    sample_rate: int = Field(24000, description="Output sample rate: 8000-48000 (XTTS makes 24000).")
+    sample_rate: int = Field(
+        OUTPUT_SAMPLE_RATE, description=f"Output sample rate: 8000-48000 (XTTS makes {OUTPUT_SAMPLE_RATE})."
+    )
 
     @model_validator(mode="after")
     def _format_and_rate(self) -> SpeechRequest:
@@ -150,7 +138,7 @@ class CloneOptions(BaseModel):
     response_format: Literal["latents", "save"] = Field(
         "latents", description="`latents` returns {gpt_cond_latent, speaker_embedding}; `save` stores the voice."
     )
-    save_id: str | None = Field(None, description="Id to save under (required with `save`); ^[A-Za-z0-9_-]{1,64}$.")
+    save_id: ClientId | None = Field(None, description="Id to save under (required with `save`); " + ID_PATTERN)
     name: str | None = Field(None, max_length=200, description="Display name (defaults to save_id).")
     description: str = Field("", max_length=2000)
     overwrite: bool = Field(False, description="Replace a saved voice with the same id instead of answering 409.")
@@ -192,8 +180,8 @@ class OpenAISpeechRequest(BaseModel):
         max_length=256,
         description="A saved voice id, a built-in speaker, or an OpenAI voice name mapped by OPENAI_VOICE_MAP.",
     )
-    response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = Field(
-        "mp3", description="pcm is 16-bit little-endian mono at 24 kHz, as OpenAI's."
+    response_format: OutputFormat = Field(
+        "mp3", description=f"One of {', '.join(OUTPUT_FORMATS)}; pcm is 16-bit little-endian mono at 24 kHz."
     )
     speed: float = Field(1.0, ge=0.25, le=4.0)
     language: Language | None = Field(

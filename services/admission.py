@@ -30,7 +30,7 @@ class AdmissionGate:
     async def acquire(self) -> float:
         """Take a slot, waiting in the queue if need be; returns the seconds waited."""
         if self.draining:
-            raise NotReady("the server is shutting down")
+            raise NotReady("the server is shutting down", retry_after_s=self.retry_after_s())
         if self._slots.locked() and self.queued >= self.max_queue:
             raise Overloaded(
                 f"all {self.capacity} slots are busy and the queue of {self.max_queue} is full",

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from services.engine.cloning import CLONE_SAMPLE_RATE
 from services.errors import InvalidAudio, UnsupportedMediaType
 
-CLONE_SAMPLE_RATE = 22050  # what XTTS's conditioning encoders expect
 DECODE_TIMEOUT_S = 20.0
 DECODE_MEMORY_BYTES = 1 << 30
 MIN_SECONDS = 1.0

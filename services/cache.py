@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from cachetools import TTLCache
 
-from services.latents import VoiceLatents
+from services.engine.latents import VoiceLatents
 
 
 class _CountingTTLCache(TTLCache[str, VoiceLatents]):

@@ -7,45 +7,43 @@ Nothing is re-encoded and no temporary files are used.
 
 from __future__ import annotations
 
-from typing import Literal, cast
+import struct
+from typing import cast
 
 import av
 import numpy as np
 from av.audio.stream import AudioStream
 from av.container import OutputContainer
 
-from services.audio import OUTPUT_SAMPLE_RATE, wav_header
+from services.engine.pcm import CHANNELS, OUTPUT_SAMPLE_RATE, SAMPLE_WIDTH_BYTES
 from services.errors import InvalidInput
+from services.formats import MEDIA_TYPES, OutputFormat, format_problem
 
-OutputFormat = Literal["wav", "pcm", "mp3", "opus", "aac", "flac"]
-OUTPUT_FORMATS: tuple[str, ...] = ("wav", "pcm", "mp3", "opus", "aac", "flac")
-SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
-MEDIA_TYPES = {
-    "wav": "audio/wav",
-    "pcm": "audio/pcm",
-    "mp3": "audio/mpeg",
-    "opus": "audio/ogg",
-    "aac": "audio/aac",
-    "flac": "audio/flac",
+# container, codec and bit rate (speech-friendly) of the formats FFmpeg encodes
+_CODECS: dict[str, tuple[str, str, int | None]] = {
+    "mp3": ("mp3", "libmp3lame", 96_000),
+    "opus": ("ogg", "libopus", 48_000),
+    "aac": ("adts", "aac", 96_000),
+    "flac": ("flac", "flac", None),
 }
-# container, codec, bit rate (speech-friendly), and the rates the codec accepts
-_CODECS: dict[str, tuple[str, str, int | None, tuple[int, ...]]] = {
-    "mp3": ("mp3", "libmp3lame", 96_000, (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)),
-    "opus": ("ogg", "libopus", 48_000, (8000, 12000, 16000, 24000, 48000)),
-    "aac": ("adts", "aac", 96_000, (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)),
-    "flac": ("flac", "flac", None, SAMPLE_RATES),
-}
+# A streamed WAV's length is unknown when its header goes out: the largest sizes tell players to
+# read until the connection ends (what ffmpeg and browsers do with such streams).
+_UNKNOWN_SIZE = 0xFFFFFFFF
 
 
-def format_problem(output_format: str, sample_rate: int) -> str | None:
-    """Why an output format/rate pair cannot be encoded, or None if it can."""
-    if output_format not in MEDIA_TYPES:
-        return f"output_format must be one of {', '.join(OUTPUT_FORMATS)}"
-    if sample_rate not in SAMPLE_RATES:
-        return f"sample_rate must be one of {', '.join(map(str, SAMPLE_RATES))}"
-    if output_format in _CODECS and sample_rate not in _CODECS[output_format][3]:
-        return f"{output_format} supports sample rates {', '.join(map(str, _CODECS[output_format][3]))}"
-    return None
+def wav_header(data_bytes: int | None, sample_rate: int = OUTPUT_SAMPLE_RATE) -> bytes:
+    """A 44-byte PCM WAV header; `None` for a stream whose length is not known yet."""
+    byte_rate = sample_rate * CHANNELS * SAMPLE_WIDTH_BYTES
+    data_size = _UNKNOWN_SIZE - 36 if data_bytes is None else data_bytes
+    riff_size = _UNKNOWN_SIZE if data_bytes is None else 36 + data_bytes
+    return (
+        b"RIFF"
+        + struct.pack("<I", riff_size)
+        + b"WAVEfmt "
+        + struct.pack("<IHHIIHH", 16, 1, CHANNELS, sample_rate, byte_rate, CHANNELS * SAMPLE_WIDTH_BYTES, 16)
+        + b"data"
+        + struct.pack("<I", data_size)
+    )
 
 
 def check_format(output_format: str, sample_rate: int) -> None:
@@ -88,7 +86,7 @@ class AudioEncoder:
         self._stream: AudioStream | None = None
         self._pts = 0
         if output_format in _CODECS:
-            container_format, codec, bit_rate, _rates = _CODECS[output_format]
+            container_format, codec, bit_rate = _CODECS[output_format]
             self._sink = _MemorySink()
             # Ogg otherwise holds a second of audio per page: flush pages every 100 ms for streaming.
             options = {"page_duration": "100000"} if container_format == "ogg" else {}

@@ -1,10 +1,19 @@
-"""Domain errors raised by the services; api/responses.py maps each to an HTTP status."""
+"""Every error a client can cause or should hear about, each with its stable wire code.
+
+A leaf module: it imports nothing of ours, so every layer (the engine included) raises these.
+`api/errors.py` is the one place that turns them into HTTP statuses, headers and bodies.
+"""
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 
 class ServiceError(Exception):
     """Base of every error a client can cause or should hear about."""
+
+    code: ClassVar[str] = "service_error"
+    """The `error` field on the wire: stable, whatever the class is called."""
 
     def __init__(self, message: str, **details: object) -> None:
         super().__init__(message)
@@ -13,60 +22,102 @@ class ServiceError(Exception):
 
 
 class InvalidInput(ServiceError):
-    """The request is well-formed but cannot be served as asked (400)."""
+    """The request is well-formed but cannot be served as asked."""
 
-
-class VoiceNotFound(ServiceError):
-    """No saved voice or built-in speaker has this id (404)."""
-
-
-class ModelNotFound(ServiceError):
-    """An OpenAI-style model id that is not served (404)."""
-
-
-class VoiceExists(ServiceError):
-    """A saved voice already has this id and overwrite was not asked for (409)."""
-
-
-class InvalidVoiceId(ServiceError):
-    """The voice id is not of the allowed form (400)."""
+    code = "invalid_input"
 
 
 class UnsupportedLanguage(ServiceError):
-    """The language is not one the model speaks (400)."""
+    """The language is not one the model speaks."""
+
+    code = "unsupported_language"
+
+
+class InvalidVoiceId(ServiceError):
+    """A voice id that is not of the allowed form reached the voice store."""
+
+    code = "invalid_voice_id"
+
+
+class InvalidLatents(ServiceError):
+    """Latents whose shape or values XTTS cannot use."""
+
+    code = "invalid_latents"
 
 
 class InvalidAudio(ServiceError):
-    """An upload could not be decoded as audio, or is unusable for cloning (400)."""
+    """An upload could not be decoded as audio, or is unusable for cloning."""
+
+    code = "invalid_audio"
 
 
 class UnsupportedMediaType(ServiceError):
-    """An upload is not audio at all (415)."""
+    """An upload is not audio at all."""
+
+    code = "unsupported_media_type"
 
 
 class PayloadTooLarge(ServiceError):
-    """An upload is over MAX_UPLOAD_MB (413)."""
+    """A request body is over MAX_UPLOAD_MB."""
+
+    code = "payload_too_large"
+
+
+class VoiceNotFound(ServiceError):
+    """No saved voice or built-in speaker has this id."""
+
+    code = "voice_not_found"
+
+
+class ModelNotFound(ServiceError):
+    """An OpenAI-style model id that is not served."""
+
+    code = "model_not_found"
 
 
 class SessionNotFound(ServiceError):
-    """No stream session has this id (404)."""
+    """No stream session has this id."""
+
+    code = "session_not_found"
+
+
+class VoiceExists(ServiceError):
+    """A saved voice already has this id and overwrite was not asked for."""
+
+    code = "voice_exists"
 
 
 class SessionConflict(ServiceError):
-    """The session id is taken, or the session has already finished (409)."""
+    """The session id is taken, or the session has already finished."""
+
+    code = "session_conflict"
 
 
-class Overloaded(ServiceError):
-    """All slots and the wait queue are full, or the wait timed out (429)."""
+class VoiceUnreadable(ServiceError):
+    """A file in VOICES_DIR is not a readable voice: the server's data, not the request, is bad."""
 
-    def __init__(self, message: str, retry_after_s: int) -> None:
-        super().__init__(message, retry_after_s=retry_after_s)
+    code = "voice_unreadable"
+
+
+class RetryLater(ServiceError):
+    """The request is fine but cannot be served now; `retry_after_s` says when to try again."""
+
+    def __init__(self, message: str, retry_after_s: int, **details: object) -> None:
+        super().__init__(message, retry_after_s=retry_after_s, **details)
         self.retry_after_s = retry_after_s
 
 
-class NotReady(ServiceError):
-    """The model is loading or the server is draining (503)."""
+class Overloaded(RetryLater):
+    """All slots and the wait queue are full, or the wait timed out."""
+
+    code = "overloaded"
+
+
+class NotReady(RetryLater):
+    """The model is loading or the server is draining."""
+
+    code = "not_ready"
 
 
 class ModelUnavailable(RuntimeError):
-    """No model could be loaded at start-up; the message names the ways out."""
+    """No model could be loaded at start-up; the message names the ways out (not a client error)."""

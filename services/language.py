@@ -7,12 +7,10 @@ from functools import lru_cache
 
 from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
-# py3langid's codes for XTTS's languages
-_XTTS_BY_LANGID = {
-    code: code
-    for code in ("en", "es", "fr", "de", "it", "pt", "pl", "tr", "ru", "nl", "cs", "ar", "hu", "ko", "ja", "hi")
-}
-_XTTS_BY_LANGID["zh"] = "zh-cn"
+from services.engine.languages import XTTS_LANGUAGES, tokenizer_language
+
+# py3langid's codes (ISO 639-1, as coqui's tokenizer keys them) for XTTS's languages: "zh" -> "zh-cn"
+_XTTS_BY_LANGID = {tokenizer_language(code): code for code in XTTS_LANGUAGES}
 MIN_CONFIDENCE = 0.5
 _lock = threading.Lock()
 

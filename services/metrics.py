@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -23,7 +23,6 @@ class LiveFigures:
     queued: Callable[[], int]
     capacity: Callable[[], int]
     cache: Callable[[], tuple[int, int, int, int] | None]  # size, hits, misses, evictions
-    model_load_seconds: Callable[[], float | None]
 
 
 class _LiveCollector(Collector):
@@ -41,8 +40,6 @@ class _LiveCollector(Collector):
             yield CounterMetricFamily("xtts_speaker_cache_hits", "Latent cache hits.", hits)
             yield CounterMetricFamily("xtts_speaker_cache_misses", "Latent cache misses.", misses)
             yield CounterMetricFamily("xtts_speaker_cache_evictions", "Entries evicted or expired.", evictions)
-        if (load_seconds := figures.model_load_seconds()) is not None:
-            yield GaugeMetricFamily("xtts_model_load_seconds", "Seconds the model took to load.", load_seconds)
 
 
 class Metrics:
@@ -64,6 +61,9 @@ class Metrics:
             buckets=_RTF_BUCKETS, registry=self.registry,
         )  # fmt: skip
         self.audio_seconds = Counter("xtts_audio_seconds", "Seconds of audio generated.", registry=self.registry)
+        self.model_load_seconds = Gauge(
+            "xtts_model_load_seconds", "Seconds the model took to load (0 until it has).", registry=self.registry
+        )
         self.registry.register(_LiveCollector(figures))
 
     def observe_session(self, session: StreamSession) -> None:

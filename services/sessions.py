@@ -1,14 +1,14 @@
-"""Stream sessions: what /stream_status reports and /stream_cancel acts on."""
+"""Stream sessions: the records /stream_status reports, and the live streams /stream_cancel reaches."""
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Protocol
 
 from cachetools import TTLCache
 
@@ -40,17 +40,21 @@ class StreamState(StrEnum):
 FINISHED_STATES = {StreamState.COMPLETED, StreamState.CANCELLED, StreamState.FAILED}
 
 
+def new_session_id() -> str:
+    return uuid.uuid4().hex
+
+
 @dataclass
 class StreamSession:
-    """One /tts_stream or /tts request's progress; counters are written by the event loop only."""
+    """One speech request's progress record; written by its stream, on the event loop only."""
 
     id: str
     voice: str
     language: str
     characters: int
+    chunks_total: int = 0
     created_at: float = field(default_factory=time.time)
     state: StreamState = StreamState.QUEUED
-    chunks_total: int = 0
     chunks_done: int = 0
     audio_seconds: float = 0.0
     bytes_sent: int = 0
@@ -59,8 +63,6 @@ class StreamSession:
     finished_at: float | None = None
     error: str | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
-    # Set to stop generation; read by the model thread between tokens.
-    cancel_event: threading.Event = field(default_factory=threading.Event, repr=False)
 
     @property
     def finished(self) -> bool:
@@ -70,8 +72,16 @@ class StreamSession:
         self.timings_s[stage] = self.timings_s.get(stage, 0.0) + seconds
 
 
+class LiveStream(Protocol):
+    """What the registry needs of a running stream (services.speech_stream.SpeechStream)."""
+
+    session: StreamSession
+
+    def cancel(self, reason: str) -> None: ...
+
+
 class SessionRegistry:
-    """Live sessions by id, and finished ones for a while (bounded in count and age)."""
+    """Live streams by session id, and finished sessions for a while (bounded in count and age)."""
 
     def __init__(
         self,
@@ -80,37 +90,36 @@ class SessionRegistry:
         on_finish: list[Callable[[StreamSession], None]] | None = None,
     ) -> None:
         self._on_finish = on_finish or []
-        self._live: dict[str, StreamSession] = {}
+        self._live: dict[str, LiveStream] = {}
         self._finished: TTLCache[str, StreamSession] = TTLCache(maxsize=history_size, ttl=history_ttl_s)
 
-    def create(self, session_id: str | None, voice: str, language: str, characters: int) -> StreamSession:
-        """Register a new session; a client-proposed id already in use is a conflict."""
-        if session_id is None:
-            session_id = uuid.uuid4().hex
-        elif session_id in self._live or session_id in self._finished:
+    def register(self, stream: LiveStream) -> None:
+        """Track a new stream; a session id already in use (live or in the history) is a conflict."""
+        session_id = stream.session.id
+        if session_id in self._live or session_id in self._finished:
             raise SessionConflict(f"session id {session_id!r} is already in use", session_id=session_id)
-        session = StreamSession(id=session_id, voice=voice, language=language, characters=characters)
-        self._live[session_id] = session
-        return session
+        self._live[session_id] = stream
 
     def get(self, session_id: str) -> StreamSession:
-        session = self._live.get(session_id) or self._finished.get(session_id)
+        live = self._live.get(session_id)
+        session = live.session if live is not None else self._finished.get(session_id)
         if session is None:
             raise SessionNotFound(f"no stream session {session_id!r}", session_id=session_id)
         return session
 
-    def cancel(self, session_id: str) -> StreamSession:
-        """Ask a live session to stop; the stream ends within one model chunk."""
-        session = self.get(session_id)
-        if session.finished:
+    def cancel(self, session_id: str, reason: str) -> StreamSession:
+        """Ask a live stream to stop (it ends within one model chunk); a finished one is a conflict."""
+        live = self._live.get(session_id)
+        if live is None:
+            session = self.get(session_id)  # 404 if unknown
             raise SessionConflict(
                 f"session {session_id!r} has already finished ({session.state.value})", state=session.state.value
             )
-        session.cancel_event.set()
-        return session
+        live.cancel(reason)
+        return live.session
 
     def finish(self, session: StreamSession, state: StreamState, error: str | None = None) -> None:
-        """Record the outcome (first one wins) and move the session to the history."""
+        """Record the outcome (the stream calls this once) and move the session to the history."""
         if session.finished:
             return
         session.state = state
@@ -121,5 +130,5 @@ class SessionRegistry:
         for listener in self._on_finish:
             listener(session)
 
-    def live(self) -> list[StreamSession]:
+    def live(self) -> list[LiveStream]:
         return list(self._live.values())

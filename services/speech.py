@@ -1,26 +1,68 @@
-"""From a speech request to an admitted, running audio stream: every check before any model work."""
+"""From a speech job to a registered stream: every check, the voice and the text plan before any slot."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
+import secrets
 import time
+from dataclasses import dataclass, field
 
-from models.inputs import SpeechRequest
 from services.admission import AdmissionGate
-from services.errors import InvalidInput, ServiceError, UnsupportedLanguage
-from services.gpt_sampler import SamplingSettings
-from services.latents import VoiceLatents, normalize_latents
-from services.sessions import SessionRegistry, StreamState
-from services.synthesis import ChunkSchedule
-from services.tts import AudioStream, GenerationParams, TTSEngine
+from services.engine.gpt_sampler import SamplingSettings
+from services.engine.latents import LatentValues, VoiceLatents
+from services.engine.synthesis import ChunkSchedule, GenerationParams
+from services.engine.tts import TTSEngine
+from services.errors import InvalidInput, UnsupportedLanguage
+from services.sessions import SessionRegistry, StreamSession, new_session_id
+from services.speech_stream import SpeechStream
 from services.voices import VoiceService
 
-logger = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class GivenLatents:
+    """A voice sent with the request as coqui's latents (any of their shapes), not yet checked."""
+
+    gpt_cond_latent: LatentValues
+    speaker_embedding: LatentValues
+
+
+@dataclass(frozen=True)
+class SpeechOptions:
+    """How to speak; the defaults are XTTS v2's published config."""
+
+    temperature: float = 0.75
+    top_p: float = 0.85
+    top_k: int = 50
+    repetition_penalty: float = 5.0
+    speed: float = 1.0
+    stream_chunk_size: int = 20
+    enable_text_splitting: bool = True
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class SpeechJob:
+    """What to say, in whose voice and how: what every speech route hands the service."""
+
+    text: str
+    language: str
+    voice: str | GivenLatents
+    """A saved voice id or built-in speaker name, or latents."""
+    options: SpeechOptions = field(default_factory=SpeechOptions)
+    session_id: str | None = None
+    """A client-proposed session id (already checked against the id pattern)."""
+
+
+@dataclass(frozen=True)
+class SpeechLimits:
+    """The server's settings that shape every stream."""
+
+    max_text_length: int
+    first_chunk_tokens: int
+    max_audio_tokens: int | None = None
 
 
 class SpeechService:
-    """Validates, resolves the voice, plans the text, takes a slot, then opens the stream."""
+    """Checks a job, resolves its voice and plans its text, then hands out its stream (not yet admitted)."""
 
     def __init__(
         self,
@@ -28,75 +70,69 @@ class SpeechService:
         voices: VoiceService,
         sessions: SessionRegistry,
         gate: AdmissionGate,
-        max_text_length: int,
-        first_chunk_tokens: int,
-        max_audio_tokens: int | None = None,
+        limits: SpeechLimits,
     ) -> None:
         self.engine = engine
         self.voices = voices
         self.sessions = sessions
         self.gate = gate
-        self.max_text_length = max_text_length
-        self.first_chunk_tokens = first_chunk_tokens
-        self.max_audio_tokens = max_audio_tokens
+        self.limits = limits
 
-    async def start(self, request: SpeechRequest) -> AudioStream:
-        """An admitted stream; raises a ServiceError (and holds nothing) if the request cannot be served."""
-        if request.language not in self.engine.languages:
+    async def open(self, job: SpeechJob) -> SpeechStream:
+        """A registered, queued stream; raises a ServiceError (holding nothing) if the job cannot be served.
+
+        The caller then awaits `stream.admit()` for a slot and uses the stream with `async with`.
+        """
+        if job.language not in self.engine.languages:
             raise UnsupportedLanguage(
-                f"this model does not speak {request.language!r}; it speaks {', '.join(self.engine.languages)}"
+                f"this model does not speak {job.language!r}; it speaks {', '.join(self.engine.languages)}"
             )
-        if len(request.text) > self.max_text_length:
+        if len(job.text) > self.limits.max_text_length:
             raise InvalidInput(
-                f"text has {len(request.text)} characters; MAX_TEXT_LENGTH is {self.max_text_length}",
-                max_text_length=self.max_text_length,
+                f"text has {len(job.text)} characters; MAX_TEXT_LENGTH is {self.limits.max_text_length}",
+                max_text_length=self.limits.max_text_length,
             )
         started = time.perf_counter()
-        voice, voice_name = await self._voice(request)
+        voice, voice_name = await self._voice(job.voice)
         latents_s = time.perf_counter() - started
-        sentences = await self.engine.plan(request.text, request.language, request.enable_text_splitting)
-        session = self.sessions.create(request.session_id, voice_name, request.language, len(request.text))
+        sentences = await self.engine.plan(job.text, job.language, job.options.enable_text_splitting)
+        params = self._params(job.options)
+        session = StreamSession(
+            id=job.session_id or new_session_id(),
+            voice=voice_name,
+            language=job.language,
+            characters=len(job.text),
+            chunks_total=len(sentences),
+        )
         session.add_timing("latents", latents_s)
-        try:
-            session.add_timing("queue", await self.gate.acquire())
-        except asyncio.CancelledError:
-            self.sessions.finish(session, StreamState.CANCELLED, "client disconnected while queued")
-            raise
-        except ServiceError as error:
-            self.sessions.finish(session, StreamState.FAILED, error.message)
-            raise
-        admitted_at = time.perf_counter()
-        return self.engine.open_stream(
-            sentences,
-            voice,
-            self._params(request),
+        stream = SpeechStream(
             session,
+            params.seed or 0,
+            lambda cancel: self.engine.synthesize(sentences, voice, params, cancel),
+            self.gate,
             self.sessions,
-            release=lambda: self.gate.release(time.perf_counter() - admitted_at),
         )
+        self.sessions.register(stream)
+        return stream
 
-    async def _voice(self, request: SpeechRequest) -> tuple[VoiceLatents, str]:
-        if request.speaker_id is not None:
-            return await self.voices.resolve(request.speaker_id), request.speaker_id
-        assert request.gpt_cond_latent is not None and request.speaker_embedding is not None
-        latents = normalize_latents(
-            request.gpt_cond_latent, request.speaker_embedding, self.engine.latent_dim, self.engine.embedding_dim
-        )
-        return latents.to(self.engine.device), "(latents)"
+    async def _voice(self, voice: str | GivenLatents) -> tuple[VoiceLatents, str]:
+        if isinstance(voice, str):
+            return await self.voices.resolve(voice), voice
+        return self.engine.normalize_latents(voice.gpt_cond_latent, voice.speaker_embedding), "(latents)"
 
-    def _params(self, request: SpeechRequest) -> GenerationParams:
+    def _params(self, options: SpeechOptions) -> GenerationParams:
         return GenerationParams(
             sampling=SamplingSettings(
-                temperature=request.temperature,
-                top_p=request.top_p,
-                top_k=request.top_k,
-                repetition_penalty=request.repetition_penalty,
-                max_new_tokens=self.max_audio_tokens,
+                temperature=options.temperature,
+                top_p=options.top_p,
+                top_k=options.top_k,
+                repetition_penalty=options.repetition_penalty,
+                max_new_tokens=self.limits.max_audio_tokens,
             ),
-            speed=request.speed,
+            speed=options.speed,
             schedule=ChunkSchedule(
-                first_tokens=min(self.first_chunk_tokens, request.stream_chunk_size),
-                max_tokens=request.stream_chunk_size,
+                first_tokens=min(self.limits.first_chunk_tokens, options.stream_chunk_size),
+                max_tokens=options.stream_chunk_size,
             ),
-            seed=request.seed,
+            seed=options.seed if options.seed is not None else secrets.randbits(63),
         )

@@ -8,13 +8,14 @@ from dataclasses import asdict, dataclass
 
 import anyio
 
-from models.voice_storage import VoiceRecord, VoiceStore, check_voice_id
 from services.audio_intake import check_usable, decode_reference
 from services.cache import SpeakerCache
-from services.cloning import CloneSettings, compute_voice_latents
-from services.errors import InvalidVoiceId, VoiceNotFound
-from services.latents import VoiceLatents
-from services.tts import TTSEngine
+from services.engine.cloning import CloneSettings
+from services.engine.latents import LatentValues, VoiceLatents
+from services.engine.tts import TTSEngine
+from services.errors import VoiceNotFound
+from services.ids import is_valid_id
+from services.voice_store import VoiceRecord, VoiceStore
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,11 @@ class SavedVoice:
 
 
 class VoiceService:
-    """Resolves speaker ids and keeps saved voices and the cache consistent."""
+    """Resolves speaker ids and keeps saved voices and the cache consistent.
+
+    Voice ids reaching `save`, `get` and `delete` have been checked where the request came in;
+    the store refuses any other id before building a path.
+    """
 
     def __init__(self, engine: TTSEngine, store: VoiceStore, cache: SpeakerCache) -> None:
         self.engine = engine
@@ -38,12 +43,11 @@ class VoiceService:
     async def resolve(self, speaker_id: str) -> VoiceLatents:
         """Latents on the model's device for a saved voice or, failing that, a built-in speaker."""
         builtin = self.engine.builtin_speakers.get(speaker_id)
-        try:
-            check_voice_id(speaker_id)
-        except InvalidVoiceId:
+        not_found = VoiceNotFound(f"no saved voice or built-in speaker {speaker_id!r}", voice_id=speaker_id)
+        if not is_valid_id(speaker_id):
             # Not a possible saved-voice id (built-in names have spaces): only a built-in can match.
             if builtin is None:
-                raise VoiceNotFound(f"no saved voice or built-in speaker {speaker_id!r}", voice_id=speaker_id) from None
+                raise not_found
             return builtin
         if builtin is not None and not await anyio.to_thread.run_sync(self.store.exists, speaker_id):
             return builtin
@@ -52,7 +56,7 @@ class VoiceService:
         except VoiceNotFound:
             if builtin is not None:
                 return builtin
-            raise VoiceNotFound(f"no saved voice or built-in speaker {speaker_id!r}", voice_id=speaker_id) from None
+            raise not_found from None
 
     async def _load_to_device(self, voice_id: str) -> VoiceLatents:
         _record, latents = await anyio.to_thread.run_sync(self.store.load, voice_id)
@@ -61,15 +65,26 @@ class VoiceService:
     async def save(
         self, voice_id: str, latents: VoiceLatents, name: str, description: str, overwrite: bool
     ) -> VoiceRecord:
-        check_voice_id(voice_id)
         record = await anyio.to_thread.run_sync(
             lambda: self.store.save(voice_id, latents, name, description, overwrite)
         )
         self.cache.invalidate(voice_id)
         return record
 
+    async def save_latents(
+        self,
+        voice_id: str,
+        gpt_cond_latent: LatentValues,
+        speaker_embedding: LatentValues,
+        name: str,
+        description: str,
+        overwrite: bool,
+    ) -> VoiceRecord:
+        """Save latents in any of coqui's shapes (422 for a shape this model cannot use)."""
+        latents = self.engine.normalize_latents(gpt_cond_latent, speaker_embedding)
+        return await self.save(voice_id, latents, name, description, overwrite)
+
     async def get(self, voice_id: str) -> SavedVoice:
-        check_voice_id(voice_id)
         record, latents = await anyio.to_thread.run_sync(self.store.load, voice_id)
         return SavedVoice(record, latents)
 
@@ -77,7 +92,6 @@ class VoiceService:
         return await anyio.to_thread.run_sync(self.store.records)
 
     async def delete(self, voice_id: str) -> None:
-        check_voice_id(voice_id)
         await anyio.to_thread.run_sync(self.store.delete, voice_id)
         self.cache.invalidate(voice_id)
 
@@ -93,7 +107,7 @@ class VoiceService:
                 samples = await anyio.to_thread.run_sync(decode_reference, data, name, settings.max_ref_length)
                 check_usable(samples, name)
                 clips.append(samples)
-            return await self.engine.run(compute_voice_latents, self.engine.model, clips, settings)
+            return await self.engine.clone_voice(clips, settings)
 
         return await self.cache.get_or_load(f"clone:{digest.hexdigest()}", compute)
 

@@ -15,9 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from config import Settings
-from services.model_loader import LoadedModel, load_model
-from services.tts import TTSEngine
+from services.engine.model_loader import LoadedModel, ModelChoice, load_model
+from services.engine.tts import TTSEngine
 
 REPO = Path(__file__).resolve().parent.parent
 BUILTIN_SPEAKER = "Dummy Alto"
@@ -26,7 +25,7 @@ START_TIMEOUT_S = 180
 
 @pytest.fixture(scope="session")
 def tiny_loaded() -> LoadedModel:
-    return load_model(Settings(DUMMY_MODEL="tiny", NUM_THREADS=2))
+    return load_model(ModelChoice(dummy="tiny", num_threads=2))
 
 
 @pytest.fixture(scope="session")

@@ -8,10 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from services.gpt_sampler import SamplingSettings, StepTimings, conditioning_prefix, sample_audio_latents
-from services.model_loader import LoadedModel
-from services.synthesis import ChunkSchedule, stream_sentence
-from services.vocoder import IncrementalVocoder
+from services.engine.gpt_sampler import SamplingSettings, StepTimings, conditioning_prefix, sample_audio_latents
+from services.engine.latents import VoiceLatents
+from services.engine.model_loader import LoadedModel
+from services.engine.synthesis import ChunkSchedule, GenerationParams, stream_sentence
+from services.engine.vocoder import IncrementalVocoder
 from tests.conftest import BUILTIN_SPEAKER
 
 
@@ -19,6 +20,10 @@ def snr_db(signal: torch.Tensor, reference: torch.Tensor) -> float:
     assert signal.shape == reference.shape, (signal.shape, reference.shape)
     noise = (signal - reference).pow(2).sum()
     return float(10 * torch.log10(reference.pow(2).sum() / noise.clamp_min(1e-20)))
+
+
+def as_voice(speaker: dict[str, torch.Tensor]) -> VoiceLatents:
+    return VoiceLatents(speaker["gpt_cond_latent"], speaker["speaker_embedding"])
 
 
 @pytest.fixture(scope="module")
@@ -109,20 +114,10 @@ def test_stream_equals_coquis_one_shot_inference(tiny_loaded: LoadedModel, voice
         )
         torch.manual_seed(11)
         tokens = torch.IntTensor(model.tokenizer.encode(text, "en")).unsqueeze(0)
-        chunks = list(
-            stream_sentence(
-                model,
-                tokens,
-                voice["gpt_cond_latent"],
-                voice["speaker_embedding"],
-                SamplingSettings(repetition_penalty=5.0),
-                ChunkSchedule(first_tokens=2, max_tokens=8),
-                1.0,
-                None,
-                threading.Event(),
-                StepTimings(),
-            )
+        params = GenerationParams(
+            sampling=SamplingSettings(repetition_penalty=5.0), schedule=ChunkSchedule(first_tokens=2, max_tokens=8)
         )
+        chunks = list(stream_sentence(model, tokens, as_voice(voice), params, threading.Event(), StepTimings()))
     assert len(chunks) >= 4
     assert chunks[0].numel() < chunks[-2].numel()  # the first chunk is short, later ones grow
     assert snr_db(torch.cat(chunks), one_shot) > 30
@@ -134,18 +129,10 @@ def test_cancel_stops_within_one_token(tiny_loaded: LoadedModel, voice: dict[str
     timings = StepTimings()
     tokens = torch.IntTensor(model.tokenizer.encode("hello world.", "en")).unsqueeze(0)
     with torch.inference_mode():
-        stream = stream_sentence(
-            model,
-            tokens,
-            voice["gpt_cond_latent"],
-            voice["speaker_embedding"],
-            SamplingSettings(min_new_tokens=30),
-            ChunkSchedule(first_tokens=1, max_tokens=1),
-            1.0,
-            None,
-            cancel,
-            timings,
+        params = GenerationParams(
+            sampling=SamplingSettings(min_new_tokens=30), schedule=ChunkSchedule(first_tokens=1, max_tokens=1)
         )
+        stream = stream_sentence(model, tokens, as_voice(voice), params, cancel, timings)
         next(stream)
         tokens_at_cancel = timings.tokens
         cancel.set()

@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 
 from config import Settings
-from services.dummy_model import build_dummy_xtts, dummy_config
-from services.model_loader import load_model
+from services.engine.dummy_model import build_dummy_xtts, dummy_config
+from services.engine.model_loader import ModelChoice, load_model
 from tests.conftest import REPO, free_port, start_server
 
 
@@ -57,7 +57,7 @@ def test_a_checkpoint_folder_loads_through_coquis_loader(tmp_path: Path) -> None
     (folder / "vocab.json").write_bytes((tmp_path / "build" / "dummy_vocab_tiny.json").read_bytes())
     torch.save({"model": source.state_dict()}, folder / "model.pth")
     torch.save(source.speaker_manager.speakers, folder / "speakers_xtts.pth")
-    loaded = load_model(Settings(CUSTOM_MODEL_PATH=folder, NUM_THREADS=2))
+    loaded = load_model(ModelChoice(checkpoint_dir=folder, num_threads=2))
     assert loaded.source == f"custom:{folder}" and not loaded.dummy
     assert set(loaded.model.speaker_manager.speakers) == set(source.speaker_manager.speakers)
     for name, parameter in source.gpt.gpt.named_parameters():

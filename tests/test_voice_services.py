@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.voice_storage import VoiceStore
 from services.cache import SpeakerCache
+from services.engine.latents import VoiceLatents
+from services.engine.tts import TTSEngine
 from services.errors import InvalidVoiceId, VoiceExists, VoiceNotFound
-from services.latents import VoiceLatents
-from services.tts import TTSEngine
+from services.voice_store import VoiceStore
 from services.voices import VoiceService
 
 

@@ -8,14 +8,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from services.errors import ServiceError
+from services.errors import InvalidLatents
 
+# Latents as they arrive: nested lists from JSON, arrays, or tensors from a file.
+LatentValues = Sequence | np.ndarray | torch.Tensor
 # XTTS v2's perceiver always yields 32 conditioning vectors.
 COND_LATENT_FRAMES = 32
-
-
-class InvalidLatents(ServiceError):
-    """Latents whose shape or values XTTS cannot use (422)."""
 
 
 @dataclass(frozen=True, eq=False)  # identity equality: the engine keys per-voice state on the object
@@ -37,8 +35,8 @@ class VoiceLatents:
 
 
 def normalize_latents(
-    gpt_cond_latent: Sequence | np.ndarray | torch.Tensor,
-    speaker_embedding: Sequence | np.ndarray | torch.Tensor,
+    gpt_cond_latent: LatentValues,
+    speaker_embedding: LatentValues,
     latent_dim: int,
     embedding_dim: int,
 ) -> VoiceLatents:
@@ -70,7 +68,7 @@ def normalize_latents(
     )
 
 
-def _as_float_tensor(values: Sequence | np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
+def _as_float_tensor(values: LatentValues, name: str) -> torch.Tensor:
     try:
         tensor = torch.as_tensor(values, dtype=torch.float32)
     except (TypeError, ValueError) as error:

@@ -8,14 +8,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from TTS.tts.configs.xtts_config import XttsConfig
 from TTS.tts.models.xtts import Xtts
 
-from config import Settings
+from services.engine.vocoder import fold_weight_norm
 from services.errors import ModelUnavailable
-from services.vocoder import fold_weight_norm
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +25,16 @@ WAYS_OUT = (
     "or set COQUI_TOS_AGREED=1 to accept the Coqui Public Model License (https://coqui.ai/cpml) and let "
     "coqui-tts download XTTS v2 (needs network), or set DUMMY_MODEL=tiny|full for random weights (noise, not speech)"
 )
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """Which model to load and where to run it (from DUMMY_MODEL, CUSTOM_MODEL_PATH, USE_CPU, NUM_THREADS)."""
+
+    dummy: Literal["tiny", "full"] | None = None
+    checkpoint_dir: Path | None = None
+    use_cpu: bool = False
+    num_threads: int = 1
 
 
 @dataclass
@@ -72,19 +82,19 @@ def _download_v2() -> Path:
     return model_path if model_path.is_dir() else model_path.parent
 
 
-def load_model(settings: Settings) -> LoadedModel:
+def load_model(choice: ModelChoice) -> LoadedModel:
     """Load the configured model on its device, ready for inference. Raises ModelUnavailable."""
     started = time.perf_counter()
-    torch.set_num_threads(settings.NUM_THREADS)
-    device = pick_device(settings.USE_CPU)
-    if settings.DUMMY_MODEL:
-        from services.dummy_model import build_dummy_xtts
+    torch.set_num_threads(choice.num_threads)
+    device = pick_device(choice.use_cpu)
+    if choice.dummy:
+        from services.engine.dummy_model import build_dummy_xtts
 
-        model = build_dummy_xtts(settings.DUMMY_MODEL, Path(tempfile.gettempdir()) / "xtts-dummy")
-        source = f"dummy:{settings.DUMMY_MODEL}"
-    elif settings.CUSTOM_MODEL_PATH is not None:
-        model = _load_checkpoint_dir(settings.CUSTOM_MODEL_PATH)
-        source = f"custom:{settings.CUSTOM_MODEL_PATH}"
+        model = build_dummy_xtts(choice.dummy, Path(tempfile.gettempdir()) / "xtts-dummy")
+        source = f"dummy:{choice.dummy}"
+    elif choice.checkpoint_dir is not None:
+        model = _load_checkpoint_dir(choice.checkpoint_dir)
+        source = f"custom:{choice.checkpoint_dir}"
     else:
         checkpoint_dir = _download_v2()
         model = _load_checkpoint_dir(checkpoint_dir)
@@ -96,7 +106,7 @@ def load_model(settings: Settings) -> LoadedModel:
     return LoadedModel(
         model=model,
         source=source,
-        dummy=bool(settings.DUMMY_MODEL),
+        dummy=bool(choice.dummy),
         device=device,
         load_seconds=time.perf_counter() - started,
     )

@@ -5,13 +5,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from TTS.tts.models.xtts import Xtts
 
-from services.gpt_sampler import PrefixKV, SamplingSettings, StepTimings, sample_audio_latents
-from services.vocoder import IncrementalVocoder
+from services.engine.gpt_sampler import PrefixKV, SamplingSettings, StepTimings, sample_audio_latents
+from services.engine.latents import VoiceLatents
+from services.engine.vocoder import IncrementalVocoder
 
 
 @dataclass(frozen=True)
@@ -25,27 +26,41 @@ class ChunkSchedule:
         return min(max(tokens * 2, 1), self.max_tokens)
 
 
+@dataclass(frozen=True)
+class GenerationParams:
+    """Everything about how to speak, besides what and in whose voice."""
+
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    speed: float = 1.0
+    schedule: ChunkSchedule = field(default_factory=ChunkSchedule)
+    seed: int | None = None
+    """Seeds the stream's own random generator; None samples from torch's global one (as coqui does)."""
+
+
 def stream_sentence(
     model: Xtts,
-    text_tokens: torch.Tensor,
-    gpt_cond_latent: torch.Tensor,
-    speaker_embedding: torch.Tensor,
-    sampling: SamplingSettings,
-    schedule: ChunkSchedule,
-    speed: float,
-    generator: torch.Generator | None,
+    tokens: torch.Tensor,
+    voice: VoiceLatents,
+    params: GenerationParams,
     cancel: threading.Event,
     timings: StepTimings,
+    *,
+    generator: torch.Generator | None = None,
     prefix_kv: PrefixKV | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield waveform chunks (float, [-1, 1], 24 kHz) of one sentence; stops early once `cancel` is set.
 
-    Must run inside `torch.inference_mode()` on the thread that owns the model.
+    `generator` carries the stream's random state across its sentences (None: torch's global one);
+    `prefix_kv` is the voice's cached conditioning prefix. Must run inside `torch.inference_mode()` on the
+    thread that owns the model.
     """
-    vocoder = IncrementalVocoder(model.hifigan_decoder, speaker_embedding, speed)
+    schedule = params.schedule
+    vocoder = IncrementalVocoder(model.hifigan_decoder, voice.speaker_embedding, params.speed)
     target_tokens = min(schedule.first_tokens, schedule.max_tokens)
-    tokens = sample_audio_latents(model.gpt, gpt_cond_latent, text_tokens, sampling, generator, timings, prefix_kv)
-    for _token, latent in tokens:
+    steps = sample_audio_latents(
+        model.gpt, voice.gpt_cond_latent, tokens, params.sampling, generator, timings, prefix_kv
+    )
+    for _token, latent in steps:
         if cancel.is_set():
             return
         vocoder.push(latent)

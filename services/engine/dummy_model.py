@@ -19,7 +19,7 @@ from TTS.tts.configs.xtts_config import XttsArgs, XttsAudioConfig, XttsConfig
 from TTS.tts.layers.xtts.tokenizer import VoiceBpeTokenizer
 from TTS.tts.models.xtts import Xtts
 
-from models.inputs import XTTS_LANGUAGES as LANGUAGES
+from services.engine.languages import XTTS_LANGUAGES as LANGUAGES
 
 logger = logging.getLogger(__name__)
 

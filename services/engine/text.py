@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from TTS.tts.layers.xtts.tokenizer import VoiceBpeTokenizer, get_spacy_lang
 
+from services.engine.languages import tokenizer_language
 from services.errors import InvalidInput
 
 
@@ -19,11 +20,6 @@ class Sentence:
 
     text: str
     tokens: torch.Tensor
-
-
-def tokenizer_language(language: str) -> str:
-    """coqui's tokenizer keys languages without the region ("zh-cn" -> "zh")."""
-    return language.split("-")[0]
 
 
 @cache

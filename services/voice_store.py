@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,20 +17,15 @@ from pathlib import Path
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
-from models.inputs import ID_PATTERN
-from services.errors import InvalidVoiceId, ServiceError, VoiceExists, VoiceNotFound
-from services.latents import InvalidLatents, VoiceLatents, normalize_latents
+from services.engine.latents import VoiceLatents, normalize_latents
+from services.errors import InvalidLatents, InvalidVoiceId, VoiceExists, VoiceNotFound, VoiceUnreadable
+from services.ids import ID_PATTERN, is_valid_id
 
 logger = logging.getLogger(__name__)
 
-_ID_RE = re.compile(ID_PATTERN)
 _SUFFIX = ".safetensors"
 _TEMP_PREFIX = ".tmp-"
 FORMAT_VERSION = "1"
-
-
-class VoiceUnreadable(ServiceError):
-    """A file in VOICES_DIR is not a readable voice (500: the server's data, not the request, is bad)."""
 
 
 @dataclass(frozen=True)
@@ -43,13 +37,6 @@ class VoiceRecord:
     description: str
     created_at: str
     size_bytes: int
-
-
-def check_voice_id(voice_id: str) -> str:
-    """Reject anything but ^[A-Za-z0-9_-]{1,64}$ before any path is built from it."""
-    if not isinstance(voice_id, str) or not _ID_RE.fullmatch(voice_id):
-        raise InvalidVoiceId("voice id must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-'", pattern=ID_PATTERN)
-    return voice_id
 
 
 class VoiceStore:
@@ -71,7 +58,11 @@ class VoiceStore:
         return removed
 
     def _path(self, voice_id: str) -> Path:
-        return self.root / f"{check_voice_id(voice_id)}{_SUFFIX}"
+        # Ids are validated where requests come in (422); this guard keeps any other caller from building
+        # a path outside VOICES_DIR.
+        if not isinstance(voice_id, str) or not is_valid_id(voice_id):
+            raise InvalidVoiceId("voice id must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-'", pattern=ID_PATTERN)
+        return self.root / f"{voice_id}{_SUFFIX}"
 
     def exists(self, voice_id: str) -> bool:
         return self._path(voice_id).is_file()
@@ -144,7 +135,7 @@ class VoiceStore:
         records = []
         for path in self.root.glob(f"*{_SUFFIX}"):
             voice_id = path.name[: -len(_SUFFIX)]
-            if path.name.startswith(_TEMP_PREFIX) or not _ID_RE.fullmatch(voice_id):
+            if path.name.startswith(_TEMP_PREFIX) or not is_valid_id(voice_id):
                 continue
             try:
                 with safe_open(str(path), framework="pt") as handle:

@@ -9,9 +9,10 @@ import numpy as np
 import torch
 from TTS.tts.models.xtts import Xtts
 
-from services.audio_intake import CLONE_SAMPLE_RATE
+from services.engine.latents import VoiceLatents
 from services.errors import InvalidAudio
-from services.latents import VoiceLatents
+
+CLONE_SAMPLE_RATE = 22050  # what XTTS's conditioning encoders expect
 
 
 @dataclass(frozen=True)

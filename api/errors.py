@@ -1,0 +1,139 @@
+"""The one place errors become HTTP: status and headers per error class, bodies per API family."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from services import errors
+
+logger = logging.getLogger(__name__)
+
+OPENAI_PREFIX = "/v1/"
+
+# Every ServiceError the server raises, by class; RetryLater's also carry Retry-After (headers_for).
+STATUS_BY_ERROR: dict[type[errors.ServiceError], int] = {
+    errors.InvalidInput: 400,
+    errors.UnsupportedLanguage: 400,
+    errors.InvalidAudio: 400,
+    errors.VoiceNotFound: 404,
+    errors.ModelNotFound: 404,
+    errors.SessionNotFound: 404,
+    errors.VoiceExists: 409,
+    errors.SessionConflict: 409,
+    errors.PayloadTooLarge: 413,
+    errors.UnsupportedMediaType: 415,
+    errors.InvalidVoiceId: 422,
+    errors.InvalidLatents: 422,
+    errors.Overloaded: 429,
+    errors.VoiceUnreadable: 500,
+    errors.NotReady: 503,
+}
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its response was ready (nobody reads the answer)."""
+
+
+class ErrorBody(BaseModel):
+    """Every error the server answers with (outside /v1, where errors come in OpenAI's shape)."""
+
+    error: str = Field(description="Machine-readable error code.", examples=["voice_not_found"])
+    message: str = Field(description="What went wrong, for people.", examples=["no saved voice 'x'"])
+    details: Any = Field(None, description="Extra facts: expected shapes, limits, the failing fields.")
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in {
+        400: "Bad input (language, text, audio).",
+        404: "Unknown voice, speaker or session.",
+        409: "Conflict (voice exists, session id taken or finished).",
+        422: "Request fails validation (fields, ranges, ids, latent shapes).",
+        429: "Overloaded: retry after the Retry-After seconds.",
+        503: "Model loading or server shutting down.",
+    }.items()
+}
+
+
+def status_for(error: errors.ServiceError) -> int:
+    for error_type, status in STATUS_BY_ERROR.items():
+        if isinstance(error, error_type):
+            return status
+    return 500
+
+
+def headers_for(error: errors.ServiceError) -> dict[str, str] | None:
+    if isinstance(error, errors.RetryLater):
+        return {"Retry-After": str(error.retry_after_s)}
+    return None
+
+
+def error_response(
+    path: str, status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """Our error schema; under /v1/ OpenAI's, so its client libraries raise their usual errors."""
+    if path.startswith(OPENAI_PREFIX):
+        param = details.get("param") if isinstance(details, dict) else None
+        if isinstance(details, list) and details:
+            param = details[0].get("field")
+        kind = "invalid_request_error" if status < 500 else "server_error"
+        body: dict[str, Any] = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+        return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(
+        jsonable_encoder(ErrorBody(error=code, message=message, details=details)), status_code=status, headers=headers
+    )
+
+
+def service_error_response(path: str, error: errors.ServiceError) -> JSONResponse:
+    """A domain error as the API family at `path` renders it."""
+    return error_response(path, status_for(error), error.code, error.message, error.details or None, headers_for(error))
+
+
+def register_exception_handlers(app: FastAPI) -> None:
+    """Map domain errors, validation errors and stray HTTP errors to one JSON shape."""
+
+    @app.exception_handler(errors.ServiceError)
+    async def service_error(request: Request, error: errors.ServiceError) -> JSONResponse:
+        response = service_error_response(request.url.path, error)
+        if response.status_code >= 500:
+            logger.error("%s %s: %s", request.method, request.url.path, error.message)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = [
+            {
+                "field": ".".join(str(part) for part in problem["loc"][1:]) or "body",
+                "message": problem["msg"],
+                "type": problem["type"],
+            }
+            for problem in error.errors()[:20]  # a bad 32x1024 list would otherwise list thousands
+        ]
+        message = "; ".join(f"{problem['field']}: {problem['message']}" for problem in problems[:5])
+        return error_response(request.url.path, 422, "validation_error", message, problems)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+        return error_response(
+            request.url.path, error.status_code, code, str(error.detail), headers=getattr(error, "headers", None)
+        )
+
+    @app.exception_handler(ClientDisconnected)
+    async def client_gone(request: Request, error: ClientDisconnected) -> Response:
+        return Response(status_code=499)  # nginx's "client closed request": nobody reads it
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        logger.exception("%s %s failed", request.method, request.url.path)
+        return error_response(
+            request.url.path, 500, "internal_error", "internal server error; the server log has the details"
+        )

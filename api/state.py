@@ -1,0 +1,62 @@
+"""The application's state: one typed object, built by the lifespan, read by the dependencies."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+from starlette.applications import Starlette
+
+from config import Settings
+from services.admission import AdmissionGate
+from services.cache import SpeakerCache
+from services.engine.tts import TTSEngine
+from services.metrics import Metrics
+from services.sessions import SessionRegistry
+from services.speech import SpeechService
+from services.voices import VoiceService
+
+ServerStatus = Literal["loading", "ready", "draining", "failed"]
+
+
+@dataclass(frozen=True)
+class ModelServices:
+    """What exists once the model has loaded."""
+
+    engine: TTSEngine
+    voices: VoiceService
+    speech: SpeechService
+    studio_speakers_json: bytes
+    """/studio_speakers' answer: built once at load (58 speakers of 32x1024 floats take about a second)."""
+
+
+@dataclass
+class AppState:
+    """Everything the routes use; `model` is None until the model has loaded and warmed up."""
+
+    settings: Settings
+    gate: AdmissionGate
+    cache: SpeakerCache
+    sessions: SessionRegistry
+    metrics: Metrics
+    started_at: float = field(default_factory=time.time)
+    status: ServerStatus = "loading"
+    failure: str | None = None
+    model: ModelServices | None = None
+
+    def begin_draining(self) -> None:
+        """Refuse new streams (503) while running ones finish."""
+        if self.status != "failed":
+            self.status = "draining"
+        self.gate.draining = True
+
+
+def app_state(app: Starlette) -> AppState | None:
+    """The state the lifespan built, or None before start-up."""
+    state: AppState | None = getattr(app.state, "app_state", None)
+    return state
+
+
+def attach(app: Starlette, state: AppState) -> None:
+    app.state.app_state = state

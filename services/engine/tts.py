@@ -1,0 +1,134 @@
+"""The TTS engine: one XTTS model and the one thread that runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import anyio
+import numpy as np
+import torch
+
+from services.engine.cloning import CloneSettings, compute_voice_latents
+from services.engine.gpt_sampler import PrefixKV, SamplingSettings, StepTimings, conditioning_prefix
+from services.engine.latents import LatentValues, VoiceLatents, normalize_latents
+from services.engine.model_loader import LoadedModel
+from services.engine.synthesis import GenerationParams, stream_sentence
+from services.engine.synthesis_stream import SynthesisStream
+from services.engine.text import Sentence, plan_sentences
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class TTSEngine:
+    """Owns the XTTS model; every torch call on it runs on one dedicated thread, one job at a time.
+
+    coqui's own generation parks the prompt on the model (`gpt_inference.store_prefix_emb`), so two of
+    its generations must never interleave. This engine never uses that path: its sampler keeps the
+    prompt, KV cache and random generator in each stream's own generator object, and nothing on the
+    model changes during generation. So streams can take turns a chunk at a time on the one thread
+    (tested: interleaved streams give byte-identical audio to the same streams run alone), and a new
+    request waits at most one chunk of another stream before its own first chunk.
+    """
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.loaded = loaded
+        self.model = loaded.model
+        self.device = loaded.device
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xtts-model")
+        self.jobs_submitted = 0
+        args = self.model.args
+        self.latent_dim: int = args.gpt_n_model_channels
+        self.embedding_dim: int = args.d_vector_dim
+        self.max_text_tokens: int = args.gpt_max_text_tokens
+        self.languages: list[str] = list(self.model.config.languages)
+        self.builtin_speakers: dict[str, VoiceLatents] = self._load_builtin_speakers()
+        """Speakers shipped with the checkpoint (speakers_xtts.pth), by name; they never change."""
+        # Each voice's conditioning KV prefix, computed on first use on the model thread; entries go
+        # when the voice's latents do (evicted from the cache, request with explicit latents over).
+        self._prefixes: weakref.WeakKeyDictionary[VoiceLatents, PrefixKV] = weakref.WeakKeyDictionary()
+
+    def _load_builtin_speakers(self) -> dict[str, VoiceLatents]:
+        manager = getattr(self.model, "speaker_manager", None)
+        speakers = getattr(manager, "speakers", None) or {}
+        return {
+            name: self.normalize_latents(values["gpt_cond_latent"], values["speaker_embedding"])
+            for name, values in speakers.items()
+        }
+
+    def normalize_latents(self, gpt_cond_latent: LatentValues, speaker_embedding: LatentValues) -> VoiceLatents:
+        """Latents in any of coqui's shapes, checked against this model and put on its device."""
+        return normalize_latents(gpt_cond_latent, speaker_embedding, self.latent_dim, self.embedding_dim).to(
+            self.device
+        )
+
+    def voice_prefix(self, voice: VoiceLatents) -> PrefixKV:
+        """Model thread only: the voice's conditioning KV prefix (see gpt_sampler.conditioning_prefix)."""
+        prefix = self._prefixes.get(voice)
+        if prefix is None:
+            prefix = self._prefixes[voice] = conditioning_prefix(self.model.gpt, voice.gpt_cond_latent)
+        return prefix
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        """Queue `fn` on the model thread, under inference mode (which is per thread)."""
+        self.jobs_submitted += 1
+        return self._executor.submit(_in_inference_mode, fn, *args)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn` on the model thread and await its result without blocking the event loop."""
+        return await asyncio.wrap_future(self.submit(fn, *args))
+
+    async def plan(self, text: str, language: str, split: bool) -> list[Sentence]:
+        """Split and tokenise off the event loop, on a general worker thread (no model state involved)."""
+        return await anyio.to_thread.run_sync(
+            plan_sentences, self.model.tokenizer, text, language, split, self.max_text_tokens
+        )
+
+    def synthesize(
+        self, sentences: list[Sentence], voice: VoiceLatents, params: GenerationParams, cancel: threading.Event
+    ) -> SynthesisStream:
+        """The sentences' audio as 16-bit PCM chunks, made on the model thread; stops once `cancel` is set."""
+        return SynthesisStream(self, sentences, voice, params, cancel)
+
+    async def clone_voice(self, clips: list[np.ndarray], settings: CloneSettings) -> VoiceLatents:
+        """Voice latents from reference clips (mono float at 22050 Hz), on the model thread."""
+        return await self.run(compute_voice_latents, self.model, clips, settings)
+
+    def warm_up(self) -> float:
+        """One short generation, so the first request pays no lazy initialisation. Returns seconds."""
+        started = time.perf_counter()
+        # A long text, so the English sentence splitter loads now rather than in the first request.
+        sentences = plan_sentences(self.model.tokenizer, "Warm up. " * 40, "en", True, self.max_text_tokens)
+        voice = next(iter(self.builtin_speakers.values()), None) or VoiceLatents(
+            torch.zeros(1, 32, self.latent_dim, device=self.device),
+            torch.zeros(1, self.embedding_dim, 1, device=self.device),
+        )
+
+        def generate() -> None:
+            for _ in stream_sentence(
+                self.model,
+                sentences[0].tokens.to(self.device),
+                voice,
+                GenerationParams(sampling=SamplingSettings(max_new_tokens=12)),
+                threading.Event(),
+                StepTimings(),
+            ):
+                pass
+
+        self.submit(generate).result()
+        return time.perf_counter() - started
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _in_inference_mode(fn: Callable[..., T], *args: Any) -> T:
+    with torch.inference_mode():
+        return fn(*args)
