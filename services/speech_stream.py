@@ -139,6 +139,8 @@ class SpeechStream:
         self._registry.finish(self.session, *self._outcome(error, completed))
 
     def _outcome(self, error: BaseException | None, completed: bool) -> tuple[StreamState, str | None]:
+        while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+            error = error.exceptions[0]  # a task group (the response's disconnect watcher) wraps what failed
         if completed:
             return StreamState.COMPLETED, None
         if self._cancel_reason is not None:

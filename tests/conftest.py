@@ -1,4 +1,12 @@
-"""Fixtures: the tiny random-weight model in-process, and real uvicorn servers on 127.0.0.1."""
+"""Fixtures: engines (the tiny random-weight model, or a fake), apps in-process, and real uvicorns on 127.0.0.1.
+
+Three kinds of app, cheapest first:
+- `app_client(engine, settings)`: the app in-process through Starlette's TestClient (lifespan runs; bodies are
+  buffered, so nothing here is about streaming).
+- `live_server(engine, settings)`: a real uvicorn on 127.0.0.1 in a thread of this process, for streaming,
+  disconnects and timing, with either engine.
+- `start_server(tmp_path, **env)`: `python run.py` in a child process, for start-up, signals and the full stack.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +15,24 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import uvicorn
+from fastapi.testclient import TestClient
 
+from config import Settings
+from main import create_app
 from services.engine.model_loader import LoadedModel, ModelChoice, load_model
 from services.engine.tts import TTSEngine
+from tests.fakes import FakeEngine
 
 REPO = Path(__file__).resolve().parent.parent
 BUILTIN_SPEAKER = "Dummy Alto"
@@ -33,6 +49,59 @@ def tiny_engine(tiny_loaded: LoadedModel) -> Iterator[TTSEngine]:
     engine = TTSEngine(tiny_loaded)
     yield engine
     engine.shutdown()
+
+
+def app_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    """Settings for an in-process app: nothing read from the environment or a .env file."""
+    values: dict[str, Any] = {"VOICES_DIR": tmp_path / "voices", "NUM_THREADS": 1, "SHUTDOWN_TIMEOUT": 5, **overrides}
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 30, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@contextmanager
+def app_client(engine: TTSEngine | FakeEngine, settings: Settings) -> Iterator[TestClient]:
+    """The app in-process, ready; server errors come back as responses (never raised into the test)."""
+    with TestClient(create_app(settings, engine=engine), raise_server_exceptions=False) as client:  # type: ignore[arg-type]
+        wait_for(lambda: client.get("/ready").status_code == 200, what="in-process app ready")
+        yield client
+
+
+@dataclass
+class LiveServer:
+    """A uvicorn serving the app on 127.0.0.1 from a thread of the test process."""
+
+    url: str
+    engine: TTSEngine | FakeEngine
+    server: uvicorn.Server
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 60), **kwargs)
+
+
+@contextmanager
+def live_server(engine: TTSEngine | FakeEngine, settings: Settings, wait_ready: bool = True) -> Iterator[LiveServer]:
+    port = free_port()
+    app = create_app(settings, engine=engine, request_exit=lambda: None)  # type: ignore[arg-type]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, what="uvicorn start")
+    live = LiveServer(f"http://127.0.0.1:{port}", engine, server)
+    if wait_ready:
+        wait_for(lambda: httpx.get(f"{live.url}/ready").status_code == 200, what="live server ready")
+    try:
+        yield live
+    finally:
+        server.should_exit = True
+        thread.join(30)
 
 
 def free_port() -> int:
@@ -122,3 +191,21 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 def client(server: Server) -> Iterator[httpx.Client]:
     with server.client() as http:
         yield http
+
+
+# The settings the shared apps run with (the subprocess `server` above has the same).
+SHARED_SETTINGS: dict[str, Any] = {"MAX_TEXT_LENGTH": 2000, "MAX_UPLOAD_MB": 2, "OPENAI_VOICE_MAP": "alloy=Dummy Bass"}
+
+
+@pytest.fixture(scope="module")
+def fake_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """The app in-process with the fake engine: for everything that needs no real audio or streaming."""
+    with app_client(FakeEngine(), app_settings(tmp_path_factory.mktemp("fake"), **SHARED_SETTINGS)) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def tiny_client(tiny_engine: TTSEngine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """The app in-process with the tiny random-weight model: real cloning and latents, no subprocess."""
+    with app_client(tiny_engine, app_settings(tmp_path_factory.mktemp("tiny"), **SHARED_SETTINGS)) as client:
+        yield client

@@ -1,24 +1,43 @@
-"""OpenAI's speech API with the official client, output formats, and /metrics."""
+"""OpenAI's speech API with the official client, output formats, and /metrics.
+
+The official client talks to a real uvicorn: the tiny model for streaming, the fake engine for formats
+and errors; the format matrix and metrics run in-process with the fake engine.
+"""
 
 from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Iterator
 
-import httpx
 import openai
 import pytest
+from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.audio_checks import ffprobe
-from tests.conftest import BUILTIN_SPEAKER, Server
+from tests.conftest import BUILTIN_SPEAKER, SHARED_SETTINGS, LiveServer, Server, app_settings, live_server
+from tests.fakes import FakeEngine
 
 TEXT = "Hello there. This is a streaming format test with a couple of sentences to say."
 
 
 @pytest.fixture(scope="module")
 def openai_client(server: Server) -> openai.OpenAI:
+    """The official client against `python run.py` with the tiny model."""
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key="not-needed", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def fake_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    with live_server(FakeEngine(), app_settings(tmp_path_factory.mktemp("openai"), **SHARED_SETTINGS)) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def openai_fake(fake_server: LiveServer) -> openai.OpenAI:
+    """The official client against a real uvicorn serving the fake engine."""
+    return openai.OpenAI(base_url=f"{fake_server.url}/v1", api_key="not-needed", max_retries=0, timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +71,8 @@ def test_openai_client_streams_mp3_with_a_saved_voice(openai_client: openai.Open
 
 
 @pytest.mark.parametrize("response_format", ["mp3", "opus", "aac", "flac", "wav", "pcm"])
-def test_openai_formats_decode(openai_client: openai.OpenAI, response_format: str) -> None:
-    response = openai_client.audio.speech.create(
+def test_openai_formats_decode(openai_fake: openai.OpenAI, response_format: str) -> None:
+    response = openai_fake.audio.speech.create(
         model="tts-1-hd",
         voice="alloy",
         input="Short one.",
@@ -61,15 +80,16 @@ def test_openai_formats_decode(openai_client: openai.OpenAI, response_format: st
     )
     data = response.content
     if response_format == "pcm":
-        assert len(data) % 2 == 0 and len(data) > 24000
+        assert len(data) % 2 == 0 and len(data) >= 24000 * 2 * 0.3  # three 0.1 s chunks of 24 kHz 16-bit
         return
     stream = ffprobe(data)["streams"][0]
     expected = {"mp3": "mp3", "opus": "opus", "aac": "aac", "flac": "flac", "wav": "pcm_s16le"}[response_format]
     assert stream["codec_name"] == expected and stream["channels"] == 1
-    assert decoded_seconds(data) > 0.5
+    assert decoded_seconds(data) == pytest.approx(0.3, abs=0.15)  # AAC adds ~0.1 s of priming
 
 
-def test_openai_errors_come_in_openais_shape(openai_client: openai.OpenAI) -> None:
+def test_openai_errors_come_in_openais_shape(openai_fake: openai.OpenAI) -> None:
+    openai_client = openai_fake
     with pytest.raises(openai.NotFoundError) as unknown_voice:
         openai_client.audio.speech.create(model="tts-1", voice="nobody", input="Hi.")
     assert unknown_voice.value.body["code"] == "voice_not_found"  # type: ignore[index]
@@ -82,11 +102,12 @@ def test_openai_errors_come_in_openais_shape(openai_client: openai.OpenAI) -> No
         openai_client.audio.speech.create(model="tts-1", voice="alloy", input="  ")
 
 
-def test_models_are_listed(openai_client: openai.OpenAI) -> None:
-    assert {"tts-1", "tts-1-hd", "xtts-v2"} <= {model.id for model in openai_client.models.list()}
+def test_models_are_listed(openai_fake: openai.OpenAI) -> None:
+    assert {"tts-1", "tts-1-hd", "xtts-v2"} <= {model.id for model in openai_fake.models.list()}
 
 
-def test_language_is_detected_or_taken_from_the_request(client: httpx.Client) -> None:
+def test_language_is_detected_or_taken_from_the_request(fake_client: TestClient) -> None:
+    client = fake_client
     body = {"model": "tts-1", "voice": BUILTIN_SPEAKER, "response_format": "wav"}
     german = client.post("/v1/audio/speech", json={**body, "input": "Guten Morgen, wie geht es dir heute?"})
     assert german.status_code == 200 and german.headers["x-language"] == "de"
@@ -101,8 +122,9 @@ def test_language_is_detected_or_taken_from_the_request(client: httpx.Client) ->
 )  # fmt: skip
 @pytest.mark.parametrize("path", ["/tts_stream", "/tts"])
 def test_output_formats_and_sample_rates(
-    client: httpx.Client, path: str, output_format: str, sample_rate: int, codec: str
+    fake_client: TestClient, path: str, output_format: str, sample_rate: int, codec: str
 ) -> None:
+    client = fake_client
     body = {"text": TEXT, "language": "en", "speaker_id": BUILTIN_SPEAKER, "output_format": output_format,
             "sample_rate": sample_rate, "seed": 3}  # fmt: skip
     response = client.post(path, json=body, headers={"Accept": "*/*"})
@@ -110,24 +132,27 @@ def test_output_formats_and_sample_rates(
     stream = ffprobe(response.content)["streams"][0]
     assert stream["codec_name"] == codec
     assert int(stream["sample_rate"]) == (48000 if output_format == "opus" else sample_rate)  # Opus decodes at 48k
-    assert decoded_seconds(response.content) > 1.0
+    assert decoded_seconds(response.content) == pytest.approx(0.6, abs=0.15)  # 2 sentences x 3 chunks x 0.1 s
 
 
-def test_pcm_output_resamples(client: httpx.Client) -> None:
+def test_pcm_output_resamples(fake_client: TestClient) -> None:
+    client = fake_client
     body = {"text": "Hi.", "language": "en", "speaker_id": BUILTIN_SPEAKER, "seed": 4}
     native = client.post("/tts_stream", json={**body, "output_format": "pcm"}).content
     halved = client.post("/tts_stream", json={**body, "output_format": "pcm", "sample_rate": 12000}).content
     assert abs(len(halved) * 2 - len(native)) < 2000
 
 
-def test_impossible_format_rate_pairs_are_422(client: httpx.Client) -> None:
+def test_impossible_format_rate_pairs_are_422(fake_client: TestClient) -> None:
+    client = fake_client
     body = {"text": "Hi.", "language": "en", "speaker_id": BUILTIN_SPEAKER}
     for extra in ({"output_format": "opus", "sample_rate": 44100}, {"sample_rate": 1234}, {"output_format": "ogg"}):
         response = client.post("/tts_stream", json={**body, **extra})
         assert response.status_code == 422, response.text
 
 
-def test_metrics_scrape_cleanly(client: httpx.Client, server: Server) -> None:
+def test_metrics_scrape_cleanly(fake_client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    client = fake_client
     assert (
         client.post(
             "/tts_stream", json={"text": "Metrics.", "language": "en", "speaker_id": BUILTIN_SPEAKER}
@@ -153,4 +178,4 @@ def test_metrics_scrape_cleanly(client: httpx.Client, server: Server) -> None:
                  "xtts_speaker_cache_hits", "xtts_speaker_cache_misses", "xtts_model_load_seconds"):  # fmt: skip
         assert name in families, name
     assert next(iter(families["xtts_model_load_seconds"].samples)).value > 0
-    assert "outcome=completed" in server.log() and "session=" in server.log()
+    assert "outcome=completed" in caplog.text and "session=" in caplog.text

@@ -1,11 +1,11 @@
-"""Random request bodies never get a 5xx: bad input is a 4xx, and the server keeps serving."""
+"""Random request bodies never get a 5xx: bad input is a 4xx, and the server keeps serving (in-process, fake engine)."""
 
 from __future__ import annotations
 
 import json
 from urllib.parse import quote
 
-import httpx
+from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -31,11 +31,11 @@ VALID = {"text": "Hi.", "language": "en", "speaker_id": BUILTIN_SPEAKER, "stream
     overrides=st.dictionaries(st.sampled_from(SPEECH_FIELDS), JSON_VALUES, max_size=4),
     path=st.sampled_from(["/tts_stream", "/tts", "/v1/audio/speech"]),
 )
-def test_random_speech_bodies_never_get_a_5xx(client: httpx.Client, overrides: dict, path: str) -> None:
+def test_random_speech_bodies_never_get_a_5xx(fake_client: TestClient, overrides: dict, path: str) -> None:
     body = {**VALID, **overrides}
     if path == "/v1/audio/speech":
         body = {"model": "tts-1", "input": body.pop("text"), "voice": body.pop("speaker_id"), **body}
-    response = client.post(path, json=body)
+    response = fake_client.post(path, json=body)
     assert response.status_code < 500, (body, response.status_code, response.text[:300])
 
 
@@ -45,7 +45,10 @@ def test_random_speech_bodies_never_get_a_5xx(client: httpx.Client, overrides: d
     data=st.binary(max_size=3000),
     voice_id=st.text(max_size=70),
 )
-def test_random_uploads_and_ids_never_get_a_5xx(client: httpx.Client, options: str, data: bytes, voice_id: str) -> None:
+def test_random_uploads_and_ids_never_get_a_5xx(
+    fake_client: TestClient, options: str, data: bytes, voice_id: str
+) -> None:
+    client = fake_client
     clone = client.post("/clone_speaker", files={"wav_file": ("x.bin", data)}, data={"options": options})
     assert clone.status_code < 500, clone.text[:300]
     path_id = "/saved_voices/" + quote(voice_id, safe="")

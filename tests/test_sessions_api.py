@@ -1,4 +1,8 @@
-"""Stream sessions: status, cancellation, disconnects, overload and shutdown, against real uvicorns."""
+"""Stream sessions over real HTTP: status, cancellation, disconnects, overload, readiness and shutdown.
+
+A real uvicorn on 127.0.0.1 serves the fake engine (chunks made at a pace the test sets) for the
+lifecycle; `python run.py` children with the tiny model take the signals.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,14 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import BUILTIN_SPEAKER, Server, start_server
+from tests.conftest import BUILTIN_SPEAKER, LiveServer, Server, app_settings, live_server, start_server, wait_for
+from tests.fakes import FakeEngine
 
 LONG_TEXT = " ".join(
     f"This is sentence number {index}, which is long enough that the splitter keeps it as a piece of its own."
@@ -25,16 +30,7 @@ def speech(text: str = LONG_TEXT, **extra: object) -> dict[str, object]:
     return {"text": text, "language": "en", "speaker_id": BUILTIN_SPEAKER, "seed": 1, **extra}
 
 
-def wait_for(condition: Callable[[], bool], timeout_s: float = 30, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def open_raw_stream(server: Server, body: dict[str, object], path: str = "/tts_stream") -> socket.socket:
+def open_raw_stream(server: Server | LiveServer, body: dict[str, object], path: str = "/tts_stream") -> socket.socket:
     """POST on a raw socket, so the test decides exactly when the client goes away."""
     host, port = server.url.removeprefix("http://").split(":")
     payload = json.dumps(body).encode()
@@ -63,13 +59,28 @@ def status(client: httpx.Client, session_id: str) -> dict[str, object]:
 
 
 @pytest.fixture(scope="module")
-def single_slot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def paced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """Ten slots; 20 ms a chunk, 8 chunks a sentence (LONG_TEXT lasts about 2 s)."""
+    engine = FakeEngine(chunks_per_sentence=8, chunk_delay_s=0.02)
+    with live_server(engine, app_settings(tmp_path_factory.mktemp("paced"))) as running:
+        yield running
+
+
+@pytest.fixture
+def client(paced: LiveServer) -> Iterator[httpx.Client]:
+    with paced.client() as http:
+        yield http
+
+
+@pytest.fixture(scope="module")
+def single_slot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """One slot, a queue of two, a short queue timeout."""
-    running = start_server(
-        tmp_path_factory.mktemp("single"), MAX_CONCURRENT_REQUESTS="1", MAX_QUEUE_SIZE="2", QUEUE_TIMEOUT="4"
+    engine = FakeEngine(chunks_per_sentence=8, chunk_delay_s=0.02)
+    settings = app_settings(
+        tmp_path_factory.mktemp("single"), MAX_CONCURRENT_REQUESTS=1, MAX_QUEUE_SIZE=2, QUEUE_TIMEOUT=4
     )
-    yield running
-    running.stop()
+    with live_server(engine, settings) as running:
+        yield running
 
 
 def test_status_follows_a_stream_to_completion(client: httpx.Client) -> None:
@@ -125,24 +136,24 @@ def test_client_proposed_session_id_and_duplicates(client: httpx.Client) -> None
     assert client.post("/tts_stream", json=speech("Short.", session_id="../x")).status_code == 422
 
 
-def test_disconnect_mid_stream_stops_generation_and_frees_the_slot(client: httpx.Client, server: Server) -> None:
-    sock = open_raw_stream(server, speech(session_id="leaver-1"))
+def test_disconnect_mid_stream_stops_generation_and_frees_the_slot(client: httpx.Client, paced: LiveServer) -> None:
+    sock = open_raw_stream(paced, speech(session_id="leaver-1"))
     head = read_until_audio(sock)
     assert b"200 OK" in head
+    assert client.get("/health").json()["requests"]["in_flight"] == 1
     sock.close()
     wait_for(lambda: status(client, "leaver-1")["state"] == "cancelled", what="cancelled state")
     final = status(client, "leaver-1")
     assert final["error"] == "client disconnected"
-    health = client.get("/health").json()["requests"]
+    assert final["chunks_done"] < final["chunks_total"]
     wait_for(lambda: client.get("/health").json()["requests"]["in_flight"] == 0, what="slot release")
     jobs = client.get("/health").json()["requests"]["model_jobs"]
-    time.sleep(1.5)  # a thread still generating would keep submitting sentences
+    time.sleep(0.3)  # a stream still generating would keep submitting chunks (one every 20 ms)
     assert client.get("/health").json()["requests"]["model_jobs"] == jobs
-    assert health["queued"] == 0
 
 
-def test_tts_client_that_leaves_mid_generation_is_cancelled(client: httpx.Client, server: Server) -> None:
-    sock = open_raw_stream(server, speech(session_id="tts-leaver"), path="/tts")
+def test_tts_client_that_leaves_mid_generation_is_cancelled(client: httpx.Client, paced: LiveServer) -> None:
+    sock = open_raw_stream(paced, speech(session_id="tts-leaver"), path="/tts")
     wait_for(lambda: client.get("/stream_status/tts-leaver").status_code == 200, what="session")
     wait_for(lambda: status(client, "tts-leaver")["audio_seconds"] > 0, what="generation")
     sock.close()
@@ -151,7 +162,7 @@ def test_tts_client_that_leaves_mid_generation_is_cancelled(client: httpx.Client
     wait_for(lambda: client.get("/health").json()["requests"]["in_flight"] == 0, what="slot release")
 
 
-def test_queued_request_that_disconnects_never_reaches_the_model(single_slot: Server) -> None:
+def test_queued_request_that_disconnects_never_reaches_the_model(single_slot: LiveServer) -> None:
     with single_slot.client() as client:
         busy = open_raw_stream(single_slot, speech(session_id="holder"))
         read_until_audio(busy)
@@ -168,7 +179,7 @@ def test_queued_request_that_disconnects_never_reaches_the_model(single_slot: Se
         assert client.get("/health").json()["requests"]["queued"] == 0
 
 
-def test_a_burst_gets_only_200s_and_429s_and_capacity_returns(single_slot: Server) -> None:
+def test_a_burst_gets_only_200s_and_429s_and_capacity_returns(single_slot: LiveServer) -> None:
     outcomes: list[tuple[int, str | None]] = []
     lock = threading.Lock()
 
@@ -195,7 +206,7 @@ def test_a_burst_gets_only_200s_and_429s_and_capacity_returns(single_slot: Serve
         assert client.post("/tts_stream", json=speech("After the burst.")).status_code == 200
 
 
-def test_overload_response_is_json_with_retry_after(single_slot: Server) -> None:
+def test_overload_response_is_json_with_retry_after(single_slot: LiveServer) -> None:
     with single_slot.client() as client:
         holder = open_raw_stream(single_slot, speech())
         read_until_audio(holder)
@@ -213,30 +224,32 @@ def test_overload_response_is_json_with_retry_after(single_slot: Server) -> None
 
 
 def test_readiness_is_503_while_loading_then_200(tmp_path: Path) -> None:
-    server = start_server(tmp_path, wait_ready=False)
-    seen: set[tuple[int, str]] = set()
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                ready = httpx.get(f"{server.url}/ready", timeout=2)
-            except httpx.HTTPError:
-                time.sleep(0.1)
-                continue
-            seen.add((ready.status_code, ready.json()["status"]))
-            if ready.status_code == 503:
-                speak = httpx.post(f"{server.url}/tts_stream", json=speech("Early."), timeout=60)
-                if speak.status_code == 200:  # it became ready in between
-                    assert httpx.get(f"{server.url}/ready").status_code == 200
-                else:
-                    assert speak.status_code == 503 and speak.json()["error"] == "not_ready"
-                    assert speak.headers["retry-after"]
-            if ready.status_code == 200:
-                break
-            time.sleep(0.05)
-        assert (503, "loading") in seen and (200, "ready") in seen
-    finally:
-        server.stop()
+    engine = FakeEngine(warm_up_s=1.0)
+    with live_server(engine, app_settings(tmp_path), wait_ready=False) as loading:
+        ready = httpx.get(f"{loading.url}/ready")
+        assert (ready.status_code, ready.json()["status"]) == (503, "loading")
+        assert httpx.get(f"{loading.url}/health").json()["status"] == "loading"
+        early = httpx.post(f"{loading.url}/tts_stream", json=speech("Early."))
+        assert early.status_code == 503 and early.json()["error"] == "not_ready"
+        assert int(early.headers["retry-after"]) >= 1
+        assert engine.jobs_submitted == 0
+        wait_for(lambda: httpx.get(f"{loading.url}/ready").status_code == 200, what="ready")
+        assert httpx.get(f"{loading.url}/ready").json() == {"ready": True, "status": "ready"}
+        assert httpx.post(f"{loading.url}/tts_stream", json=speech("Now.")).status_code == 200
+
+
+def test_a_failure_after_the_first_byte_does_not_look_complete(tmp_path: Path) -> None:
+    with live_server(FakeEngine(fail_at_chunk=3), app_settings(tmp_path)) as failing, failing.client() as client:
+        received = b""
+        with pytest.raises(httpx.RemoteProtocolError), client.stream("POST", "/tts_stream", json=speech()) as response:
+            assert response.status_code == 200
+            session_id = response.headers["x-session-id"]
+            for chunk in response.iter_raw():
+                received += chunk
+        assert len(received) > 44  # audio had gone out before the failure
+        final = status(client, session_id)
+        assert final["state"] == "failed" and final["error"] == "RuntimeError: the fake model failed"
+        assert client.get("/health").json()["requests"]["in_flight"] == 0
 
 
 def test_sigterm_lets_a_running_stream_finish(tmp_path: Path) -> None:
@@ -253,11 +266,20 @@ def test_sigterm_lets_a_running_stream_finish(tmp_path: Path) -> None:
 
 
 def test_sigterm_cancels_streams_still_running_after_shutdown_timeout(tmp_path: Path) -> None:
-    server = start_server(tmp_path, SHUTDOWN_TIMEOUT="1")
-    sock = open_raw_stream(server, speech())
+    server = start_server(tmp_path, SHUTDOWN_TIMEOUT="2")
+    sock = open_raw_stream(server, speech(session_id="cut-off"))  # twelve sentences: far longer than 2 s
     read_until_audio(sock)
     signalled = time.monotonic()
     server.process.send_signal(signal.SIGTERM)
+    sock.settimeout(30)
+    after = b""
+    while chunk := sock.recv(65536):
+        after += chunk
+    ended_after_s = time.monotonic() - signalled
+    sock.close()
+    assert ended_after_s >= 1.5, "the stream did not get its grace period"
+    assert len(after) > 24000, "no audio came during the grace period"
+    assert not after.endswith(b"0\r\n\r\n"), "a cut-off stream must not look complete"
     assert server.process.wait(60) in (0, -15)
     assert time.monotonic() - signalled < 20
-    sock.close()
+    assert "session=cut-off" in server.log() and "outcome=cancelled" in server.log()

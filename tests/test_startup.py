@@ -7,12 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from config import Settings
 from services.engine.dummy_model import build_dummy_xtts, dummy_config
 from services.engine.model_loader import ModelChoice, load_model
-from tests.conftest import REPO, free_port, start_server
+from services.errors import ModelUnavailable
+from tests.conftest import REPO, free_port
 
 
 def run_server_briefly(env: dict[str, str], timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
@@ -65,12 +67,11 @@ def test_a_checkpoint_folder_loads_through_coquis_loader(tmp_path: Path) -> None
 
 
 def test_missing_checkpoint_files_are_named(tmp_path: Path) -> None:
-    server = start_server(tmp_path, wait_ready=False, DUMMY_MODEL="", CUSTOM_MODEL_PATH=str(tmp_path))
-    try:
-        assert server.process.wait(120) == 1
-    finally:
-        server.stop()
-    assert "config.json" in server.log() and "model.pth" in server.log()
+    (tmp_path / "vocab.json").write_text("{}")
+    with pytest.raises(ModelUnavailable) as missing:
+        load_model(ModelChoice(checkpoint_dir=tmp_path))
+    assert "config.json" in str(missing.value) and "model.pth" in str(missing.value)
+    assert "vocab.json" not in str(missing.value).split(";")[0]
 
 
 def test_readme_documents_every_setting() -> None:

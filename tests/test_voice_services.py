@@ -10,10 +10,10 @@ import torch
 
 from services.cache import SpeakerCache
 from services.engine.latents import VoiceLatents
-from services.engine.tts import TTSEngine
 from services.errors import InvalidVoiceId, VoiceExists, VoiceNotFound
 from services.voice_store import VoiceStore
 from services.voices import VoiceService
+from tests.fakes import FakeEngine
 
 
 def latents(seed: int = 0) -> VoiceLatents:
@@ -112,10 +112,25 @@ def test_store_refuses_ids_before_building_a_path(tmp_path: Path, voice_id: str)
     assert list(tmp_path.rglob("*.safetensors")) == []
 
 
-def test_saved_voice_shadows_a_builtin_and_concurrent_resolves_load_once(
-    tiny_engine: TTSEngine, tmp_path: Path
-) -> None:
-    store = VoiceStore(tmp_path, tiny_engine.latent_dim, tiny_engine.embedding_dim)
+def test_saved_voice_shadows_a_builtin_of_the_same_name_until_deleted(tmp_path: Path) -> None:
+    engine = FakeEngine()
+    builtin = engine.builtin_speakers["narrator"]
+    service = VoiceService(engine, VoiceStore(tmp_path, 1024, 512), SpeakerCache(10, 60))  # type: ignore[arg-type]
+
+    async def main() -> None:
+        assert await service.resolve("narrator") is builtin
+        await service.save("narrator", latents(5), "My narrator", "", overwrite=False)
+        shadowing = await service.resolve("narrator")
+        assert torch.equal(shadowing.gpt_cond_latent, latents(5).gpt_cond_latent)
+        assert await service.resolve("Dummy Alto") is engine.builtin_speakers["Dummy Alto"]  # not an id: built-in
+        await service.delete("narrator")
+        assert await service.resolve("narrator") is builtin
+
+    asyncio.run(main())
+
+
+def test_concurrent_resolves_of_a_saved_voice_load_it_once(tmp_path: Path) -> None:
+    store = VoiceStore(tmp_path, 1024, 512)
     loads = 0
     original_load = store.load
 
@@ -125,15 +140,13 @@ def test_saved_voice_shadows_a_builtin_and_concurrent_resolves_load_once(
         return original_load(voice_id)
 
     store.load = counting_load  # type: ignore[method-assign]
-    service = VoiceService(tiny_engine, store, SpeakerCache(10, 60))
+    service = VoiceService(FakeEngine(), store, SpeakerCache(10, 60))  # type: ignore[arg-type]
 
     async def main() -> None:
         await service.save("saved-one", latents(5), "Saved", "", overwrite=False)
         resolved = await asyncio.gather(*(service.resolve("saved-one") for _ in range(20)))
         assert loads == 1
         assert torch.equal(resolved[0].gpt_cond_latent, latents(5).gpt_cond_latent)
-        builtin = await service.resolve("Dummy Alto")
-        assert builtin is tiny_engine.builtin_speakers["Dummy Alto"]
         with pytest.raises(VoiceNotFound):
             await service.resolve("no-such-voice")
         await service.delete("saved-one")

@@ -1,4 +1,4 @@
-"""Cloning, saved voices and the cache, against a real uvicorn with the tiny model."""
+"""Cloning, saved voices and the cache, in-process: real cloning with the tiny model, the rest with the fake."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ import subprocess
 from pathlib import Path
 from urllib.parse import quote
 
-import httpx
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 
+from api.state import app_state
 from tests.audio_checks import FORMATS, assert_pcm_wav, make_clip
-from tests.conftest import Server, start_server
+from tests.conftest import app_client, app_settings
+from tests.fakes import FakeEngine
 
 
 @pytest.fixture(scope="module")
@@ -21,26 +23,37 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("clips")
 
 
-def clone(client: httpx.Client, *paths: Path, **options: object) -> httpx.Response:
+@pytest.fixture
+def client(fake_client: TestClient) -> TestClient:
+    """Here the shared in-process app with the fake engine (cloning tests ask for the tiny model)."""
+    return fake_client
+
+
+def clone(client: TestClient, *paths: Path, **options: object):  # type: ignore[no-untyped-def]
     files = [("wav_file", (path.name, path.read_bytes())) for path in paths]
     data = {"options": json.dumps(options)} if options else {}
     return client.post("/clone_speaker", files=files, data=data)
 
 
-def voices_dir(server: Server) -> Path:
-    return Path(server.env["VOICES_DIR"])
+def voices_dir(client: TestClient) -> Path:
+    state = app_state(client.app)  # type: ignore[arg-type]
+    assert state is not None
+    return state.settings.VOICES_DIR
 
 
 @pytest.mark.parametrize("extension", sorted(FORMATS))
-def test_clone_from_each_format_returns_coqui_shaped_latents(client: httpx.Client, clips: Path, extension: str) -> None:
-    response = clone(client, make_clip(clips, extension))
+def test_clone_from_each_format_returns_coqui_shaped_latents(
+    tiny_client: TestClient, clips: Path, extension: str
+) -> None:
+    response = clone(tiny_client, make_clip(clips, extension))
     assert response.status_code == 200, response.text
     latents = response.json()
     assert np.array(latents["gpt_cond_latent"]).shape == (32, 1024)
     assert np.array(latents["speaker_embedding"]).shape == (512,)
 
 
-def test_seed_readme_flow_clone_save_then_stream_by_id(client: httpx.Client, clips: Path) -> None:
+def test_seed_readme_flow_clone_save_then_stream_by_id(tiny_client: TestClient, clips: Path) -> None:
+    client = tiny_client
     response = clone(
         client,
         make_clip(clips, "wav"),
@@ -62,13 +75,14 @@ def test_seed_readme_flow_clone_save_then_stream_by_id(client: httpx.Client, cli
     assert np.array(one["gpt_cond_latent"]).shape == (32, 1024)
 
 
-def test_several_files_make_one_voice(client: httpx.Client, clips: Path) -> None:
+def test_several_files_make_one_voice(tiny_client: TestClient, clips: Path) -> None:
+    client = tiny_client
     one = clone(client, make_clip(clips, "wav")).json()
     both = clone(client, make_clip(clips, "wav"), make_clip(clips, "flac", seconds=2.0)).json()
     assert both["speaker_embedding"] != one["speaker_embedding"]
 
 
-def test_saving_over_an_existing_id_is_409_unless_overwrite(client: httpx.Client) -> None:
+def test_saving_over_an_existing_id_is_409_unless_overwrite(client: TestClient) -> None:
     latents = client.get("/studio_speakers").json()["Dummy Bass"]
     assert client.post("/save_voice/dup-voice", json={**latents, "overwrite": True}).status_code == 201
     conflict = client.post("/save_voice/dup-voice", json=latents)
@@ -77,7 +91,7 @@ def test_saving_over_an_existing_id_is_409_unless_overwrite(client: httpx.Client
     assert client.get("/saved_voices/dup-voice").json()["name"] == "Again"
 
 
-def test_latents_round_trip_through_coqui_shapes(client: httpx.Client) -> None:
+def test_latents_round_trip_through_coqui_shapes(client: TestClient) -> None:
     rng = np.random.default_rng(0)
     cond = rng.standard_normal((32, 1024)).astype(np.float32)
     embedding = rng.standard_normal(512).astype(np.float32)
@@ -93,7 +107,7 @@ def test_latents_round_trip_through_coqui_shapes(client: httpx.Client) -> None:
         assert stream.status_code == 200
 
 
-def test_deleted_voice_is_not_served_from_cache(client: httpx.Client) -> None:
+def test_deleted_voice_is_not_served_from_cache(client: TestClient) -> None:
     latents = client.get("/studio_speakers").json()["Dummy Tenor"]
     client.post("/save_voice/short-lived", json={**latents, "overwrite": True})
     speak = {"text": "Hi.", "language": "en", "speaker_id": "short-lived"}
@@ -104,7 +118,7 @@ def test_deleted_voice_is_not_served_from_cache(client: httpx.Client) -> None:
     assert client.delete("/saved_voices/short-lived").status_code == 404
 
 
-def test_cache_counts_hits_and_misses_and_clears(client: httpx.Client) -> None:
+def test_cache_counts_hits_and_misses_and_clears(client: TestClient) -> None:
     latents = client.get("/studio_speakers").json()["Dummy Alto"]
     client.post("/save_voice/cached-voice", json={**latents, "overwrite": True})
     client.post("/cache/clear")
@@ -133,7 +147,7 @@ def test_cache_counts_hits_and_misses_and_clears(client: httpx.Client) -> None:
     ],
 )
 def test_unusable_uploads_get_a_clear_4xx(
-    client: httpx.Client, clips: Path, make: object, status: int, needle: str
+    client: TestClient, clips: Path, make: object, status: int, needle: str
 ) -> None:
     (clips / "notes.txt").write_text("hello, I am not audio\n" * 100)
     (clips / "picture.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(2000))
@@ -146,7 +160,7 @@ def test_unusable_uploads_get_a_clear_4xx(
     assert needle in response.json()["message"]
 
 
-def test_forged_wav_header_does_not_hang_or_exhaust(client: httpx.Client) -> None:
+def test_forged_wav_header_does_not_hang_or_exhaust(client: TestClient) -> None:
     # claims 4 GB of 8-channel 384 kHz audio, holds 1 kB
     forged = (
         b"RIFF\xff\xff\xff\xffWAVEfmt \x10\x00\x00\x00\x01\x00\x08\x00\x00\xdc\x05\x00"
@@ -157,7 +171,7 @@ def test_forged_wav_header_does_not_hang_or_exhaust(client: httpx.Client) -> Non
     assert client.get("/health").status_code == 200
 
 
-def _write(client: httpx.Client, data: bytes) -> Path:
+def _write(client: TestClient, data: bytes) -> Path:
     import tempfile
 
     path = Path(tempfile.mkdtemp()) / "forged.wav"
@@ -165,8 +179,8 @@ def _write(client: httpx.Client, data: bytes) -> Path:
     return path
 
 
-def test_upload_over_max_upload_mb_is_413(client: httpx.Client, server: Server) -> None:
-    limit = float(server.env["MAX_UPLOAD_MB"]) * 1_000_000
+def test_upload_over_max_upload_mb_is_413(client: TestClient) -> None:
+    limit = 2 * 1_000_000  # SHARED_SETTINGS' MAX_UPLOAD_MB
     response = client.post("/clone_speaker", files={"wav_file": ("big.wav", b"\0" * int(limit + 10))})
     assert response.status_code == 413
     assert response.json()["error"] == "payload_too_large"
@@ -183,7 +197,7 @@ def test_upload_over_max_upload_mb_is_413(client: httpx.Client, server: Server) 
         ('{"gpt_cond_len": 3, "gpt_cond_chunk_len": 6}', "gpt_cond_chunk_len"),
     ],
 )
-def test_bad_clone_options_are_422(client: httpx.Client, clips: Path, options: str, needle: str) -> None:
+def test_bad_clone_options_are_422(client: TestClient, clips: Path, options: str, needle: str) -> None:
     clip = make_clip(clips, "wav")
     response = client.post(
         "/clone_speaker", files={"wav_file": (clip.name, clip.read_bytes())}, data={"options": options}
@@ -196,10 +210,8 @@ TRAVERSAL_IDS = ["../x", "..", "/etc/passwd", "a\0b", "x" * 300, "stimme-ä", "a
 
 
 @pytest.mark.parametrize("voice_id", TRAVERSAL_IDS)
-def test_traversal_ids_are_refused_and_write_nothing(
-    client: httpx.Client, server: Server, clips: Path, voice_id: str
-) -> None:
-    root = voices_dir(server)
+def test_traversal_ids_are_refused_and_write_nothing(client: TestClient, clips: Path, voice_id: str) -> None:
+    root = voices_dir(client)
     outside_before = sorted(path.name for path in root.parent.iterdir())
     inside_before = sorted(path.name for path in root.iterdir())
     latents = client.get("/studio_speakers").json()["Dummy Alto"]
@@ -217,12 +229,12 @@ def test_traversal_ids_are_refused_and_write_nothing(
     assert sorted(path.name for path in root.iterdir()) == inside_before
 
 
-def test_percent_encoded_traversal_is_refused(client: httpx.Client, server: Server) -> None:
+def test_percent_encoded_traversal_is_refused(client: TestClient) -> None:
     latents = client.get("/studio_speakers").json()["Dummy Alto"]
     for raw in ("/save_voice/%2e%2e%2fescaped", "/save_voice/..%2fescaped", "/save_voice/%2e%2e"):
         response = client.post(raw, json=latents)
         assert 400 <= response.status_code < 500, (raw, response.status_code)
-    assert not (voices_dir(server).parent / "escaped.safetensors").exists()
+    assert not (voices_dir(client).parent / "escaped.safetensors").exists()
 
 
 class _Planted:
@@ -235,43 +247,39 @@ class _Planted:
 MARKER = Path("/tmp/xtts-test-pickle-ran")
 
 
-def test_planted_pickle_file_is_never_executed(client: httpx.Client, server: Server) -> None:
-    MARKER.unlink(missing_ok=True)
-    root = voices_dir(server)
+def test_planted_pickle_file_is_never_executed(client: TestClient) -> None:
     payload = pickle.dumps(_Planted())
-    (root / "evil.safetensors").write_bytes(payload)
-    (root / "evil2.pth").write_bytes(payload)
-    for voice_id in ("evil", "evil2"):
-        response = client.post("/tts_stream", json={"text": "Hi.", "language": "en", "speaker_id": voice_id})
-        assert response.status_code in (404, 500)
-        assert response.json()["error"] in ("voice_not_found", "voice_unreadable")
-        assert client.get(f"/saved_voices/{voice_id}").status_code in (404, 500)
-    listed = [voice["voice_id"] for voice in client.get("/saved_voices").json()]
-    assert "evil" not in listed and "evil2" not in listed
-    assert not MARKER.exists(), "a planted pickle was executed"
-    (root / "evil.safetensors").unlink()
-    (root / "evil2.pth").unlink()
-
-
-def test_voice_survives_restart_and_leftovers_are_cleaned(tmp_path: Path, clips: Path) -> None:
-    first = start_server(tmp_path)
+    MARKER.unlink(missing_ok=True)
+    pickle.loads(payload)  # the payload is live: unpickling it runs the command
+    assert MARKER.exists()
+    MARKER.unlink()
+    (voices_dir(client) / "evil.safetensors").write_bytes(payload)  # where a saved voice lives
     try:
-        with first.client() as client:
-            saved = clone(client, make_clip(clips, "flac"), response_format="save", save_id="keeper")
-            assert saved.status_code == 200
+        speak = client.post("/tts_stream", json={"text": "Hi.", "language": "en", "speaker_id": "evil"})
+        fetch = client.get("/saved_voices/evil")
+        for response in (speak, fetch):
+            assert response.status_code == 500 and response.json()["error"] == "voice_unreadable", response.text
+        assert "evil" not in [voice["voice_id"] for voice in client.get("/saved_voices").json()]
+        assert not MARKER.exists(), "a planted pickle was executed"
     finally:
-        assert first.stop() in (0, -15)  # uvicorn re-raises SIGTERM after a clean shutdown
+        (voices_dir(client) / "evil.safetensors").unlink()
+
+
+def test_voice_survives_restart_and_leftovers_are_cleaned(
+    tmp_path: Path, clips: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    latents = {"gpt_cond_latent": np.ones((32, 1024)).tolist(), "speaker_embedding": np.ones(512).tolist()}
+    with app_client(FakeEngine(), app_settings(tmp_path)) as first:
+        assert first.post("/save_voice/keeper", json={**latents, "name": "Keeper"}).status_code == 201
     leftover = tmp_path / "voices" / ".tmp-crashed.safetensors"
     leftover.write_bytes(b"half a voice")
-    second = start_server(tmp_path, PRELOAD_VOICES="keeper,not-a-voice")
-    try:
-        with second.client() as client:
-            assert [voice["voice_id"] for voice in client.get("/saved_voices").json()] == ["keeper"]
-            assert client.get("/cache/stats").json()["size"] == 1  # preloaded
-            stream = client.post("/tts_stream", json={"text": "Still here.", "language": "en", "speaker_id": "keeper"})
-            assert stream.status_code == 200
-            assert_pcm_wav(stream.content)
-        assert not leftover.exists()
-        assert "not-a-voice" in second.log()  # warned, not crashed
-    finally:
-        second.stop()
+    with app_client(FakeEngine(), app_settings(tmp_path, PRELOAD_VOICES="keeper,not-a-voice")) as second:
+        assert [(voice["voice_id"], voice["name"]) for voice in second.get("/saved_voices").json()] == [
+            ("keeper", "Keeper")
+        ]
+        assert second.get("/cache/stats").json()["size"] == 1  # preloaded
+        stream = second.post("/tts_stream", json={"text": "Still here.", "language": "en", "speaker_id": "keeper"})
+        assert stream.status_code == 200
+        assert_pcm_wav(stream.content)
+    assert not leftover.exists()
+    assert "not-a-voice" in caplog.text  # warned, not crashed

@@ -1,0 +1,126 @@
+"""A fake engine behind TTSEngine's interface: the serving layer's tests run without a model.
+
+Each sentence becomes `chunks_per_sentence` chunks of seeded noise, made one job per chunk on a
+worker thread by the real SynthesisStream machinery (only the model's part is replaced), so
+admission, cancellation, disconnects and ordering behave as with the real engine, in milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+from services.engine.cloning import CloneSettings
+from services.engine.languages import XTTS_LANGUAGES
+from services.engine.latents import LatentValues, VoiceLatents, normalize_latents
+from services.engine.model_loader import LoadedModel
+from services.engine.pcm import OUTPUT_SAMPLE_RATE, to_pcm16
+from services.engine.synthesis import GenerationParams
+from services.engine.synthesis_stream import SynthesisStream
+from services.engine.text import Sentence
+from services.errors import InvalidInput
+
+T = TypeVar("T")
+LATENT_DIM = 1024
+EMBEDDING_DIM = 512
+# "narrator" is a valid saved-voice id too: a saved voice of that name must shadow it.
+FAKE_SPEAKERS = ("Dummy Alto", "Dummy Bass", "Dummy Tenor", "narrator")
+
+
+def fake_latents(seed: int) -> VoiceLatents:
+    generator = torch.Generator().manual_seed(seed)
+    return VoiceLatents(
+        torch.randn(1, 32, LATENT_DIM, generator=generator), torch.randn(1, EMBEDDING_DIM, 1, generator=generator)
+    )
+
+
+class FakeSynthesis(SynthesisStream):
+    """SynthesisStream with the model's part replaced by seeded noise."""
+
+    def __init__(self, engine: FakeEngine, *args: Any) -> None:
+        super().__init__(engine, *args)  # type: ignore[arg-type]
+        self._fake = engine
+        self._chunks_into_sentence = 0
+
+    def _next_chunk(self, sentence: Sentence) -> bytes | None:
+        engine = self._fake
+        if self._chunks_into_sentence == engine.chunks_per_sentence or self._cancel.is_set():
+            self._chunks_into_sentence = 0
+            return None
+        engine.chunks_made += 1
+        if engine.fail_at_chunk is not None and engine.chunks_made >= engine.fail_at_chunk:
+            raise RuntimeError("the fake model failed")
+        time.sleep(engine.chunk_delay_s)
+        self._chunks_into_sentence += 1
+        self.timings.tokens += 1
+        samples = int(OUTPUT_SAMPLE_RATE * engine.chunk_seconds)
+        return to_pcm16(torch.rand(samples, generator=self._generator) * 0.2 - 0.1)
+
+
+class FakeEngine:
+    """What the serving layer uses of TTSEngine, without torch models."""
+
+    def __init__(
+        self,
+        chunks_per_sentence: int = 3,
+        chunk_seconds: float = 0.1,
+        chunk_delay_s: float = 0.0,
+        warm_up_s: float = 0.0,
+        fail_at_chunk: int | None = None,
+    ) -> None:
+        self.chunks_per_sentence = chunks_per_sentence
+        self.chunk_seconds = chunk_seconds
+        self.chunk_delay_s = chunk_delay_s
+        self.warm_up_s = warm_up_s
+        self.fail_at_chunk = fail_at_chunk
+        self.chunks_made = 0
+        self.device = torch.device("cpu")
+        self.loaded = LoadedModel(model=None, source="fake", dummy=True, device=self.device, load_seconds=0.01)  # type: ignore[arg-type]
+        self.latent_dim = LATENT_DIM
+        self.embedding_dim = EMBEDDING_DIM
+        self.languages = list(XTTS_LANGUAGES)
+        self.builtin_speakers = {name: fake_latents(index) for index, name in enumerate(FAKE_SPEAKERS)}
+        self.jobs_submitted = 0
+        self.clones = 0
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fake-model")
+
+    def normalize_latents(self, gpt_cond_latent: LatentValues, speaker_embedding: LatentValues) -> VoiceLatents:
+        return normalize_latents(gpt_cond_latent, speaker_embedding, self.latent_dim, self.embedding_dim)
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        self.jobs_submitted += 1
+        return self._executor.submit(fn, *args)
+
+    async def plan(self, text: str, language: str, split: bool) -> list[Sentence]:
+        pieces = re.split(r"(?<=[.!?。])\s+", text.strip()) if split else [text.strip()]
+        sentences = [Sentence(piece, torch.zeros(1, len(piece), dtype=torch.int32)) for piece in pieces if piece]
+        if not sentences:
+            raise InvalidInput("text has nothing to speak")
+        return sentences
+
+    def synthesize(
+        self, sentences: list[Sentence], voice: VoiceLatents, params: GenerationParams, cancel: threading.Event
+    ) -> SynthesisStream:
+        return FakeSynthesis(self, sentences, voice, params, cancel)
+
+    async def clone_voice(self, clips: list[np.ndarray], settings: CloneSettings) -> VoiceLatents:
+        self.clones += 1
+        digest = hashlib.sha256(b"".join(clip.tobytes() for clip in clips)).digest()
+        await asyncio.sleep(0)
+        return fake_latents(int.from_bytes(digest[:4], "little"))
+
+    def warm_up(self) -> float:
+        time.sleep(self.warm_up_s)
+        return self.warm_up_s
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
