@@ -59,7 +59,9 @@ class FakeSynthesis(SynthesisStream):
         engine.chunks_made += 1
         if engine.fail_at_chunk is not None and engine.chunks_made >= engine.fail_at_chunk:
             raise RuntimeError("the fake model failed")
+        engine.making = True
         time.sleep(engine.chunk_delay_s)
+        engine.making = False
         self._chunks_into_sentence += 1
         self.timings.tokens += 1
         samples = int(OUTPUT_SAMPLE_RATE * engine.chunk_seconds)
@@ -83,6 +85,7 @@ class FakeEngine:
         self.warm_up_s = warm_up_s
         self.fail_at_chunk = fail_at_chunk
         self.chunks_made = 0
+        self.making = False  # a chunk is being made on the model thread right now
         self.device = torch.device("cpu")
         self.loaded = LoadedModel(model=None, source="fake", dummy=True, device=self.device, load_seconds=0.01)  # type: ignore[arg-type]
         self.latent_dim = LATENT_DIM

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from api.disconnect import open_admitted
+from api.errors import ClientDisconnected
 from services.admission import AdmissionGate
 from services.cache import SpeakerCache
 from services.errors import InvalidInput, InvalidLatents, Overloaded, SessionConflict, UnsupportedLanguage
@@ -119,6 +121,7 @@ def test_leaving_mid_stream_waits_for_the_model_thread_before_the_slot_comes_bac
         await asyncio.gather(pending, return_exceptions=True)
         stream.cancel("client disconnected")
         await stream.close()
+        assert not harness.engine.making, "the slot came back while the model thread still worked for the stream"
         made = harness.engine.chunks_made
         await asyncio.sleep(0.15)
         assert harness.engine.chunks_made == made  # nothing runs on the model thread for it any more
@@ -252,5 +255,26 @@ def test_equal_seeds_give_equal_audio_and_a_seed_is_chosen_when_none_is_given(tm
         assert first == second and first[1] != other[1]
         chosen, _audio = await speak(None)
         assert chosen != (await speak(None))[0]
+
+    run(main)
+
+
+class _GoneClient:
+    """A request whose client has already left: its next receive() says so."""
+
+    async def receive(self) -> dict[str, str]:
+        return {"type": "http.disconnect"}
+
+
+def test_a_slot_won_just_as_the_client_left_goes_straight_back(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, slots=1)
+
+    async def main() -> None:
+        # the slot is free, so admission and the disconnect complete in the same turn of the loop
+        with pytest.raises(ClientDisconnected):
+            await open_admitted(_GoneClient(), harness.speech, job())  # type: ignore[arg-type]
+        (session,) = harness.finished
+        assert session.state == StreamState.CANCELLED and session.error == "client disconnected while queued"
+        assert harness.gate.in_flight == 0 and harness.engine.chunks_made == 0
 
     run(main)
