@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: run test lint bench system-deps browser-deps clean
+.PHONY: run test lint bench compare-precision system-deps browser-deps clean
 
 # Debian's ffmpeg decodes uploads and provides the libraries torchcodec loads.
 system-deps:
@@ -52,6 +52,13 @@ lint: $(VENV)/.dev
 
 bench: system-deps $(VENV)/.dev
 	$(PY) -m bench.run_bench
+
+# Each precision's WAV and fidelity figures on your checkpoint: make compare-precision CUSTOM_MODEL_PATH=...
+TEXT ?=
+SPEAKER ?=
+OUT ?= precision-comparison
+compare-precision: system-deps $(VENV)/.runtime
+	$(PY) -m bench.compare_precision --out "$(OUT)" $(if $(TEXT),--text "$(TEXT)") $(if $(SPEAKER),--speaker "$(SPEAKER)")
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -70,6 +70,8 @@ def model_choice(settings: Settings) -> ModelChoice:
         checkpoint_dir=settings.CUSTOM_MODEL_PATH,
         use_cpu=settings.USE_CPU,
         num_threads=settings.NUM_THREADS,
+        gpt_precision=settings.GPT_PRECISION,
+        vocoder_precision=settings.VOCODER_PRECISION,
     )
 
 

@@ -19,6 +19,8 @@ class ModelInfo(BaseModel):
     dummy: bool = Field(description="Random weights: the audio is noise, not speech.")
     device: str | None
     load_seconds: float | None
+    gpt_precision: str | None = Field(description="GPT_PRECISION the model runs in.")
+    vocoder_precision: str | None = Field(description="VOCODER_PRECISION the vocoder runs in.")
 
 
 class LoadInfo(BaseModel):
@@ -50,6 +52,8 @@ async def health(state: StateDep) -> Health:
             dummy=dummy,
             device=str(loaded.device) if loaded else None,
             load_seconds=round(loaded.load_seconds, 3) if loaded else None,
+            gpt_precision=loaded.gpt_precision if loaded else None,
+            vocoder_precision=loaded.vocoder_precision if loaded else None,
         ),
         uptime_s=round(time.time() - state.started_at, 3),
         requests=LoadInfo(

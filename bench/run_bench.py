@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 import torch
 
-from bench import micro
+from bench import micro, precision
 from config import Settings
 from main import model_choice
 from services.engine.dummy_model import build_dummy_xtts
@@ -439,6 +439,7 @@ def main() -> None:
     parser.add_argument("--ttfa-repeats", type=int, default=5, help="first-chunk runs per engine and case")
     parser.add_argument("--concurrency", default="1,2,4")
     parser.add_argument("--no-http", action="store_true")
+    parser.add_argument("--no-precision", action="store_true", help="skip the GPT/vocoder precision table")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     max_tokens = 37 if args.size == "tiny" else 600  # the tiny model stops at 40 - 3
@@ -458,6 +459,22 @@ def main() -> None:
         ),
         "smaller_wins": micro.smaller_wins(engine, stock, engine.builtin_speakers[SPEAKER]),
     }
+    if not args.no_precision:
+        text, tokens = CASES["paragraph"]
+        tokens = min(tokens, max_tokens)
+        loop = asyncio.new_event_loop()
+
+        def one_stream(variant_engine: TTSEngine) -> dict:
+            run = loop.run_until_complete(
+                timed_engine_stream(variant_engine, text, variant_engine.builtin_speakers[SPEAKER], tokens, 7)
+            )
+            return {**run, "rtf": run["total_s"] / max(run["audio_s"], 1e-9)}
+
+        print("precision (paragraph, one stream):", flush=True)
+        report["precision"] = precision.precision_table(
+            loaded, engine.builtin_speakers[SPEAKER], text, tokens, 7, one_stream
+        )
+        loop.close()
     out = args.out or REPO / "bench" / "results" / f"bench-{args.size}-{report['device']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=float))  # in-process figures survive an HTTP failure
@@ -468,6 +485,9 @@ def main() -> None:
     else:
         engine.shutdown()
     print_tables(report)
+    if "precision" in report:
+        print("\nGPT and vocoder precision (paragraph, one stream; fidelity teacher-forced on float32's tokens):")
+        precision.print_precision_table(report["precision"])
     print(f"\nwrote {out}")
 
 

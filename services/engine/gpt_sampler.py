@@ -25,6 +25,8 @@ from transformers.generation.logits_process import (
 )
 from TTS.tts.layers.xtts.gpt import GPT
 
+from services.engine.precision import run_transformer
+
 
 @dataclass(frozen=True)
 class SamplingSettings:
@@ -77,7 +79,7 @@ def conditioning_prefix(gpt: GPT, cond_latent: torch.Tensor) -> PrefixKV:
     on the text: every sentence in that voice can start its prefill after them.
     """
     cache = DynamicCache()
-    gpt.gpt(inputs_embeds=cond_latent, past_key_values=cache, use_cache=True)
+    run_transformer(gpt, cond_latent, past_key_values=cache, use_cache=True)
     prefix = []
     for layer in cache.layers:
         assert layer.keys is not None and layer.values is not None
@@ -123,8 +125,8 @@ def sample_audio_latents(
         for layer, (keys, values) in enumerate(prefix_kv):
             cache.update(keys, values, layer)  # concatenates into new tensors; the cached prefix stays intact
         prompt = torch.cat([prefix[:, cond_latent.shape[1] :], start_emb], dim=1)
-    hidden = gpt.gpt(inputs_embeds=prompt, past_key_values=cache, use_cache=True)
-    latent = gpt.final_norm(hidden.last_hidden_state[:, -1])
+    hidden = run_transformer(gpt, prompt, past_key_values=cache, use_cache=True)
+    latent = gpt.final_norm(hidden[:, -1])
     timings.prefill_s += time.perf_counter() - started
 
     for step in range(limit):
@@ -139,6 +141,6 @@ def sample_audio_latents(
         step_started = time.perf_counter()
         input_ids = torch.cat([input_ids, token], dim=1)
         embedding = gpt.mel_embedding(token) + gpt.mel_pos_embedding.get_fixed_embedding(step + 1, token.device)
-        hidden = gpt.gpt(inputs_embeds=embedding, past_key_values=cache, use_cache=True)
-        latent = gpt.final_norm(hidden.last_hidden_state[:, -1])
+        hidden = run_transformer(gpt, embedding, past_key_values=cache, use_cache=True)
+        latent = gpt.final_norm(hidden[:, -1])
         timings.gpt_steps_s += time.perf_counter() - step_started

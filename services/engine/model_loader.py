@@ -14,6 +14,7 @@ import torch
 from TTS.tts.configs.xtts_config import XttsConfig
 from TTS.tts.models.xtts import Xtts
 
+from services.engine.precision import GptPrecision, VocoderPrecision, apply_gpt_precision, apply_vocoder_precision
 from services.engine.vocoder import fold_weight_norm
 from services.errors import ModelUnavailable
 
@@ -35,6 +36,8 @@ class ModelChoice:
     checkpoint_dir: Path | None = None
     use_cpu: bool = False
     num_threads: int = 1
+    gpt_precision: GptPrecision = "float32"
+    vocoder_precision: VocoderPrecision = "float32"
 
 
 @dataclass
@@ -46,6 +49,8 @@ class LoadedModel:
     dummy: bool
     device: torch.device
     load_seconds: float
+    gpt_precision: GptPrecision = "float32"
+    vocoder_precision: VocoderPrecision = "float32"
 
 
 def pick_device(use_cpu: bool) -> torch.device:
@@ -87,6 +92,9 @@ def load_model(choice: ModelChoice) -> LoadedModel:
     started = time.perf_counter()
     torch.set_num_threads(choice.num_threads)
     device = pick_device(choice.use_cpu)
+    if choice.gpt_precision == "float16" and device.type == "cpu":
+        # CPUs without native fp16 arithmetic run it many times slower than float32
+        raise ModelUnavailable("GPT_PRECISION=float16 is for GPUs; on the CPU use bfloat16 or int8")
     if choice.dummy:
         from services.engine.dummy_model import build_dummy_xtts
 
@@ -102,11 +110,21 @@ def load_model(choice: ModelChoice) -> LoadedModel:
     folded = fold_weight_norm(model.hifigan_decoder)
     model.to(device)
     model.eval()
-    logger.info("folded weight norm into %d vocoder layers", folded)
+    try:
+        apply_gpt_precision(model.gpt, choice.gpt_precision, device)
+    except ValueError as error:
+        raise ModelUnavailable(str(error)) from error
+    apply_vocoder_precision(model.hifigan_decoder, choice.vocoder_precision)
+    logger.info(
+        "folded weight norm into %d vocoder layers; GPT in %s, vocoder in %s",
+        folded, choice.gpt_precision, choice.vocoder_precision,
+    )  # fmt: skip
     return LoadedModel(
         model=model,
         source=source,
         dummy=bool(choice.dummy),
         device=device,
         load_seconds=time.perf_counter() - started,
+        gpt_precision=choice.gpt_precision,
+        vocoder_precision=choice.vocoder_precision,
     )

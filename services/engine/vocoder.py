@@ -64,7 +64,9 @@ class IncrementalVocoder:
 
     def __init__(self, decoder: HifiDecoder, speaker_embedding: torch.Tensor, speed: float = 1.0) -> None:
         self._decoder = decoder
-        self._speaker_embedding = speaker_embedding
+        # the waveform decoder's own precision (VOCODER_PRECISION); chunks come out float32 either way
+        self._dtype = decoder.waveform_decoder.conv_pre.weight.dtype
+        self._speaker_embedding = speaker_embedding.to(self._dtype)
         stages = []
         if speed != 1.0:
             stages.append(_LinearResample(1.0 / max(speed, 0.05)))  # as Xtts.inference's length_scale
@@ -123,7 +125,7 @@ class IncrementalVocoder:
         window_start = max(0, start - DECODER_CONTEXT_FRAMES)
         window_stop = min(available, stop + DECODER_CONTEXT_FRAMES)
         frames = self._frames(window_start, window_stop, input_length)
-        wav = self._decoder.waveform_decoder(frames[None], g=self._speaker_embedding)[0, 0]
+        wav = self._decoder.waveform_decoder(frames[None].to(self._dtype), g=self._speaker_embedding)[0, 0].float()
         hop = wav.shape[-1] // frames.shape[-1]
         self._emitted_frames = stop
         return wav[(start - window_start) * hop : (stop - window_start) * hop]

@@ -1,0 +1,127 @@
+"""GPT_PRECISION: each precision against float32 on the same tokens, with the bounds the README states.
+
+Random weights cannot judge how speech sounds; these bounds say how far each precision moves the GPT's
+latents, its choice of the next token, and the waveform, on the tiny model (2 layers; the full-size
+figures are in the benchmark).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from services.engine.gpt_sampler import SamplingSettings, StepTimings, sample_audio_latents
+from services.engine.model_loader import LoadedModel, ModelChoice, load_model
+from services.engine.precision import apply_gpt_precision, apply_vocoder_precision, teacher_forced
+from services.engine.tts import TTSEngine
+from services.engine.vocoder import IncrementalVocoder
+from services.errors import ModelUnavailable
+from tests.conftest import BUILTIN_SPEAKER, app_client, app_settings
+
+TEXTS = ["the first sentence of a longer text.", "a second one follows it here.", "and a third ends it."]
+# precision: (latent SNR dB, top-1 agreement, waveform SNR dB) at least; measured 46/0.97/.., 64/1.0/.., 38/0.95/..
+BOUNDS = {"bfloat16": (38.0, 0.93, 25.0), "float16": (55.0, 0.99, 40.0), "int8": (32.0, 0.9, 20.0)}
+
+
+def snr_db(signal: torch.Tensor, reference: torch.Tensor) -> float:
+    return float(10 * torch.log10(reference.pow(2).sum() / (signal - reference).pow(2).sum().clamp_min(1e-20)))
+
+
+@pytest.fixture(scope="module")
+def float32_run(tiny_loaded: LoadedModel) -> list[tuple[torch.Tensor, list[int], torch.Tensor, torch.Tensor]]:
+    """Per text: tokens, the sampled audio tokens, and float32's teacher-forced latents and logits."""
+    model = tiny_loaded.model
+    voice = model.speaker_manager.speakers[BUILTIN_SPEAKER]
+    runs = []
+    with torch.inference_mode():
+        for index, text in enumerate(TEXTS):
+            tokens = torch.IntTensor(model.tokenizer.encode(text, "en")).unsqueeze(0)
+            settings = SamplingSettings(min_new_tokens=40)
+            generator = torch.Generator().manual_seed(index)
+            steps = sample_audio_latents(
+                model.gpt, voice["gpt_cond_latent"], tokens, settings, generator, StepTimings()
+            )
+            audio = [token for token, _latent in steps]
+            latents, logits = teacher_forced(model.gpt, voice["gpt_cond_latent"], tokens, audio)
+            runs.append((tokens, audio, latents, logits))
+    return runs
+
+
+@pytest.mark.parametrize("precision", sorted(BOUNDS))
+def test_each_precision_stays_within_its_bound_of_float32(
+    tiny_loaded: LoadedModel, float32_run: list, precision: str
+) -> None:
+    model = tiny_loaded.model
+    voice = model.speaker_manager.speakers[BUILTIN_SPEAKER]
+    gpt = copy.deepcopy(model.gpt)
+    apply_gpt_precision(gpt, precision, torch.device("cpu"))  # type: ignore[arg-type]
+    reference_latents, latents, agreements = [], [], []
+    with torch.inference_mode():
+        # float16 on a CPU without native fp16 arithmetic is slow (it is for GPUs): one text is enough there
+        for tokens, audio, float32_latents, float32_logits in float32_run[: 1 if precision == "float16" else None]:
+            these_latents, logits = teacher_forced(gpt, voice["gpt_cond_latent"], tokens, audio)
+            reference_latents.append(float32_latents)
+            latents.append(these_latents)
+            agreements.append((logits.argmax(-1) == float32_logits.argmax(-1)).float())
+        reference = torch.cat(reference_latents)
+        converted = torch.cat(latents)
+        # the waveform of the first text (the vocoder is full size even in the tiny model)
+        decoder = model.hifigan_decoder
+        embedding = voice["speaker_embedding"]
+        reference_wave = decoder(reference_latents[0][None], g=embedding)[0, 0]
+        converted_wave = decoder(latents[0][None], g=embedding)[0, 0]
+    latent_snr, agreement = snr_db(converted, reference), float(torch.cat(agreements).mean())
+    wave_snr = snr_db(converted_wave, reference_wave)
+    min_latent_snr, min_agreement, min_wave_snr = BOUNDS[precision]
+    assert latent_snr < 150, "the precision changed nothing: was it applied?"
+    assert latent_snr >= min_latent_snr, latent_snr
+    assert agreement >= min_agreement, agreement
+    assert wave_snr >= min_wave_snr, wave_snr
+
+
+def test_int8_is_refused_off_the_cpu(tiny_loaded: LoadedModel) -> None:
+    with pytest.raises(ValueError, match="CPU only"):
+        apply_gpt_precision(copy.deepcopy(tiny_loaded.model.gpt), "int8", torch.device("cuda"))
+
+
+def test_float16_on_the_cpu_is_refused_at_start_up() -> None:
+    with pytest.raises(ModelUnavailable, match="float16"):
+        load_model(ModelChoice(dummy="tiny", use_cpu=True, gpt_precision="float16"))
+
+
+def test_the_server_streams_with_an_int8_gpt(tiny_loaded: LoadedModel, tmp_path: Path) -> None:
+    model = copy.deepcopy(tiny_loaded.model)
+    apply_gpt_precision(model.gpt, "int8", torch.device("cpu"))
+    loaded = LoadedModel(model, "dummy:tiny", True, torch.device("cpu"), 0.0, gpt_precision="int8")
+    engine = TTSEngine(loaded)
+    try:
+        with app_client(engine, app_settings(tmp_path)) as client:
+            assert client.get("/health").json()["model"]["gpt_precision"] == "int8"
+            body = {"text": "Hello there.", "language": "en", "speaker_id": BUILTIN_SPEAKER, "seed": 1}
+            first, second = client.post("/tts_stream", json=body), client.post("/tts_stream", json=body)
+            assert first.status_code == 200 and len(first.content) > 44 + 4800
+            assert first.content == second.content  # seeded streams stay reproducible in int8
+    finally:
+        engine.shutdown()
+
+
+def test_a_bfloat16_vocoder_streams_within_its_bound_of_float32(tiny_loaded: LoadedModel) -> None:
+    decoder = copy.deepcopy(tiny_loaded.model.hifigan_decoder)
+    embedding = tiny_loaded.model.speaker_manager.speakers[BUILTIN_SPEAKER]["speaker_embedding"]
+    latents = torch.randn(1, 40, 1024, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        reference = decoder(latents, g=embedding)[0, 0]
+        apply_vocoder_precision(decoder, "bfloat16")
+        vocoder = IncrementalVocoder(decoder, embedding)
+        chunks = []
+        for index in range(latents.shape[1]):
+            vocoder.push(latents[:, index])
+            if vocoder.pending_frames() >= 4 * vocoder.frames_per_latent:
+                chunks.append(vocoder.decode_ready())
+        chunks.append(vocoder.finish())
+    streamed = torch.cat(chunks)
+    assert streamed.dtype == torch.float32 and len(chunks) >= 3
+    assert 28.0 <= snr_db(streamed, reference) < 150  # measured 31 dB; 150: it did change precision
