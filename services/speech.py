@@ -96,7 +96,8 @@ class SpeechService:
         voice, voice_name = await self._voice(job.voice)
         latents_s = time.perf_counter() - started
         sentences = await self.engine.plan(job.text, job.language, job.options.enable_text_splitting)
-        params = self._params(job.options)
+        seed = job.options.seed if job.options.seed is not None else secrets.randbits(63)
+        params = self._params(job.options, seed)
         session = StreamSession(
             id=job.session_id or new_session_id(),
             voice=voice_name,
@@ -107,7 +108,7 @@ class SpeechService:
         session.add_timing("latents", latents_s)
         stream = SpeechStream(
             session,
-            params.seed or 0,
+            seed,
             lambda cancel: self.engine.synthesize(sentences, voice, params, cancel),
             self.gate,
             self.sessions,
@@ -120,7 +121,7 @@ class SpeechService:
             return await self.voices.resolve(voice), voice
         return self.engine.normalize_latents(voice.gpt_cond_latent, voice.speaker_embedding), "(latents)"
 
-    def _params(self, options: SpeechOptions) -> GenerationParams:
+    def _params(self, options: SpeechOptions, seed: int) -> GenerationParams:
         return GenerationParams(
             sampling=SamplingSettings(
                 temperature=options.temperature,
@@ -134,5 +135,5 @@ class SpeechService:
                 first_tokens=min(self.limits.first_chunk_tokens, options.stream_chunk_size),
                 max_tokens=options.stream_chunk_size,
             ),
-            seed=options.seed if options.seed is not None else secrets.randbits(63),
+            seed=seed,
         )
