@@ -23,7 +23,7 @@ from api.upload_limit import UploadLimitMiddleware
 from config import Settings, get_settings
 from services.admission import AdmissionGate
 from services.cache import SpeakerCache
-from services.engine.model_loader import ModelChoice, load_model
+from services.engine.model_loader import ModelChoice
 from services.engine.tts import TTSEngine
 from services.errors import ModelUnavailable
 from services.metrics import LiveFigures, Metrics
@@ -131,9 +131,10 @@ def create_app(
             nonlocal owned_engine
             try:
                 ready_engine = engine
-                if ready_engine is None:
-                    loaded = await anyio.to_thread.run_sync(load_model, model_choice(settings))
-                    ready_engine = owned_engine = TTSEngine(loaded)
+                if ready_engine is None:  # loaded on its own model thread: see TTSEngine.start
+                    ready_engine = owned_engine = await anyio.to_thread.run_sync(
+                        TTSEngine.start, model_choice(settings)
+                    )
                 await _bring_up(state, ready_engine)
             except ModelUnavailable as error:
                 _fail(state, f"No model: {error}", request_exit)

@@ -22,7 +22,6 @@ from bench import precision
 from config import Settings
 from main import model_choice
 from services.engine.gpt_sampler import SamplingSettings
-from services.engine.model_loader import load_model
 from services.engine.synthesis import GenerationParams
 from services.engine.tts import TTSEngine
 
@@ -55,36 +54,35 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("precision-comparison"))
     args = parser.parse_args()
     settings = Settings(GPT_PRECISION="float32", VOCODER_PRECISION="float32")
-    loaded = load_model(model_choice(settings))
+    reference_engine = TTSEngine.start(model_choice(settings))  # every variant runs on its model thread
+    loaded, thread = reference_engine.loaded, reference_engine.thread
     speakers = sorted(loaded.model.speaker_manager.speakers) if hasattr(loaded.model, "speaker_manager") else []
     speaker = args.speaker or (speakers[0] if speakers else "")
     if not speaker:
         raise SystemExit("this checkpoint has no built-in speakers (speakers_xtts.pth); give --speaker")
     args.out.mkdir(parents=True, exist_ok=True)
-    reference_engine = TTSEngine(loaded)
     voice = reference_engine.builtin_speakers[speaker]
-    text_tokens, audio = precision.reference_tokens(loaded.model, voice, args.text, 200, args.seed)
-    reference_engine.shutdown()
+    text_tokens, audio = thread.submit(
+        precision.reference_tokens, loaded.model, voice, args.text, 200, args.seed
+    ).result()
     figures: dict[str, dict[str, float | str]] = {}
     for gpt_precision, vocoder_precision in precision.variants(loaded.device):
         name = precision.label(gpt_precision, vocoder_precision)
-        model = precision.variant(loaded, gpt_precision, vocoder_precision)
-        engine = TTSEngine(model)
-        try:
-            engine.warm_up()
-            pcm, seconds = asyncio.run(speak(engine, args.text, speaker, args.seed))
-        finally:
-            engine.shutdown()
+        model = thread.submit(precision.variant, loaded, gpt_precision, vocoder_precision).result()
+        engine = TTSEngine(model, thread)
+        engine.warm_up()
+        pcm, seconds = asyncio.run(speak(engine, args.text, speaker, args.seed))
         path = args.out / f"gpt-{gpt_precision}_vocoder-{vocoder_precision}.wav"
         write_wav(path, pcm)
         audio_s = len(pcm) / 48000
         figures[name] = {
             "wav": str(path),
             "rtf": round(seconds / max(audio_s, 1e-9), 3),
-            **precision.fidelity(loaded.model, model.model, voice, text_tokens, audio),
+            **thread.submit(precision.fidelity, loaded.model, model.model, voice, text_tokens, audio).result(),
         }
         print(f"{name:34s} rtf={figures[name]['rtf']:.2f}  {figures[name]}", flush=True)
     (args.out / "figures.json").write_text(json.dumps({"speaker": speaker, "text": args.text, **figures}, indent=2))
+    reference_engine.shutdown()
     print(f"\nwrote {len(figures)} WAVs and figures.json to {args.out}/")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -101,22 +102,23 @@ def precision_table(
     tokens: int,
     seed: int,
     measure: Callable[[TTSEngine], dict[str, Any]],
+    thread: ThreadPoolExecutor,
 ) -> dict[str, dict[str, Any]]:
-    """Per variant: `measure`'s figures for one stream (rtf, total_s, ...) and fidelity against float32."""
-    text_tokens, audio = reference_tokens(loaded.model, voice, text, tokens, seed)
+    """Per variant: `measure`'s figures for one stream (rtf, total_s, ...) and fidelity against float32.
+
+    Everything runs on `thread`, the model thread, as in the server (see TTSEngine.start).
+    """
+    text_tokens, audio = thread.submit(reference_tokens, loaded.model, voice, text, tokens, seed).result()
     rows: dict[str, dict[str, Any]] = {}
     for gpt_precision, vocoder_precision in variants(loaded.device):
         print(f"  precision {label(gpt_precision, vocoder_precision)} ...", flush=True)
-        model = variant(loaded, gpt_precision, vocoder_precision)
-        engine = TTSEngine(model)
-        try:
-            engine.warm_up()
-            speed = measure(engine)
-        finally:
-            engine.shutdown()
+        model = thread.submit(variant, loaded, gpt_precision, vocoder_precision).result()
+        engine = TTSEngine(model, thread)
+        engine.warm_up()
+        speed = measure(engine)
         rows[label(gpt_precision, vocoder_precision)] = {
             **speed,
-            **fidelity(loaded.model, model.model, voice, text_tokens, audio),
+            **thread.submit(fidelity, loaded.model, model.model, voice, text_tokens, audio).result(),
             "tokens": len(audio),
         }
     baseline = rows[label("float32", "float32")]["total_s"]

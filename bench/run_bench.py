@@ -37,7 +37,7 @@ from main import model_choice
 from services.engine.dummy_model import build_dummy_xtts
 from services.engine.gpt_sampler import SamplingSettings
 from services.engine.latents import VoiceLatents
-from services.engine.model_loader import load_model, pick_device
+from services.engine.model_loader import pick_device
 from services.engine.synthesis import GenerationParams
 from services.engine.tts import TTSEngine
 
@@ -230,12 +230,13 @@ def in_process(
                 "ours_stream": lambda seed, text=text, tokens=tokens: loop.run_until_complete(
                     timed_engine_stream(engine, text, voice, tokens, seed)
                 ),
-                "stock_stream": lambda seed, text=text, tokens=tokens: timed_stock_stream(
-                    stock, text, voice, tokens, seed
-                ),
-                "stock_one_shot": lambda seed, text=text, tokens=tokens: timed_stock_one_shot(
-                    stock, text, voice, tokens, seed
-                ),
+                # coqui's paths run on the model thread too: one OpenMP team in the process (see TTSEngine.start)
+                "stock_stream": lambda seed, text=text, tokens=tokens: engine.thread.submit(
+                    timed_stock_stream, stock, text, voice, tokens, seed
+                ).result(),
+                "stock_one_shot": lambda seed, text=text, tokens=tokens: engine.thread.submit(
+                    timed_stock_one_shot, stock, text, voice, tokens, seed
+                ).result(),
             }
             if name == case_names[0]:
                 for runner in runners.values():  # warm each path once (lazy initialisation, allocator)
@@ -245,7 +246,7 @@ def in_process(
             ours_ttfa, stock_ttfa = [], []
             for seed in range(1, ttfa_repeats + 1):
                 ours_ttfa.append(loop.run_until_complete(engine_first_chunk(engine, text, voice, seed)))
-                stock_ttfa.append(stock_first_chunk(stock, text, voice, seed))
+                stock_ttfa.append(engine.thread.submit(stock_first_chunk, stock, text, voice, seed).result())
             case["ttfa"] = {
                 "ours_s": statistics.median(ours_ttfa),
                 "stock_stream_s": statistics.median(stock_ttfa),
@@ -444,12 +445,12 @@ def main() -> None:
     args = parser.parse_args()
     max_tokens = 37 if args.size == "tiny" else 600  # the tiny model stops at 40 - 3
     print(f"benchmarking dummy {args.size} on {pick_device(False)}", flush=True)
-    loaded = load_model(model_choice(Settings(DUMMY_MODEL=args.size)))  # as the server runs it: weight norm folded
-    engine = TTSEngine(loaded)
+    engine = TTSEngine.start(model_choice(Settings(DUMMY_MODEL=args.size)))  # as the server runs it
+    loaded = engine.loaded
     engine.warm_up()
-    stock = build_dummy_xtts(args.size, Path(tempfile.gettempdir()) / "xtts-dummy").to(
-        loaded.device
-    )  # as coqui ships it
+    stock = engine.thread.submit(  # as coqui ships it (weight norm not folded)
+        lambda: build_dummy_xtts(args.size, Path(tempfile.gettempdir()) / "xtts-dummy").to(loaded.device)
+    ).result()
     report: dict[str, Any] = {
         "size": args.size,
         "device": str(loaded.device),
@@ -457,7 +458,9 @@ def main() -> None:
         "in_process": in_process(
             engine, stock, [case for case in args.cases.split(",") if case], args.repeats, args.ttfa_repeats, max_tokens
         ),
-        "smaller_wins": micro.smaller_wins(engine, stock, engine.builtin_speakers[SPEAKER]),
+        "smaller_wins": engine.thread.submit(
+            micro.smaller_wins, engine, stock, engine.builtin_speakers[SPEAKER]
+        ).result(),
     }
     if not args.no_precision:
         text, tokens = CASES["paragraph"]
@@ -472,7 +475,7 @@ def main() -> None:
 
         print("precision (paragraph, one stream):", flush=True)
         report["precision"] = precision.precision_table(
-            loaded, engine.builtin_speakers[SPEAKER], text, tokens, 7, one_stream
+            loaded, engine.builtin_speakers[SPEAKER], text, tokens, 7, one_stream, engine.thread
         )
         loop.close()
     out = args.out or REPO / "bench" / "results" / f"bench-{args.size}-{report['device']}.json"
