@@ -55,10 +55,6 @@ class SpeechStream:
             self._cancel_reason = reason
         self._cancel.set()
 
-    @property
-    def cancelled(self) -> bool:
-        return self._cancel.is_set()
-
     async def admit(self) -> None:
         """Wait in the queue for a slot, then start generating. On refusal (429, 503) or cancellation
         the stream is closed, recording why, and the error is raised."""
@@ -102,7 +98,6 @@ class SpeechStream:
                     timings.prefill_s, timings.gpt_steps_s, timings.vocoder_s,
                 )  # fmt: skip
             yield pcm
-        session.chunks_done = synthesis.sentences_done
 
     def add_timing(self, stage: str, seconds: float) -> None:
         """Time spent on this stream outside the engine (encoding, sending)."""

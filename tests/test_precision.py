@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import torch
 
+from config import Settings
 from services.engine.gpt_sampler import SamplingSettings, StepTimings, sample_audio_latents
 from services.engine.model_loader import LoadedModel, ModelChoice, load_model
-from services.engine.precision import apply_gpt_precision, apply_vocoder_precision, teacher_forced
+from services.engine.precision import (
+    GptPrecision,
+    VocoderPrecision,
+    apply_gpt_precision,
+    apply_vocoder_precision,
+    teacher_forced,
+)
 from services.engine.tts import TTSEngine
 from services.engine.vocoder import IncrementalVocoder
 from services.errors import ModelUnavailable
@@ -125,3 +133,9 @@ def test_a_bfloat16_vocoder_streams_within_its_bound_of_float32(tiny_loaded: Loa
     streamed = torch.cat(chunks)
     assert streamed.dtype == torch.float32 and len(chunks) >= 3
     assert 28.0 <= snr_db(streamed, reference) < 150  # measured 31 dB; 150: it did change precision
+
+
+def test_the_settings_offer_exactly_the_engines_precisions() -> None:
+    """config.py is a leaf (it cannot import the engine), so its two Literals are written twice: keep them equal."""
+    assert get_args(Settings.model_fields["GPT_PRECISION"].annotation) == get_args(GptPrecision)
+    assert get_args(Settings.model_fields["VOCODER_PRECISION"].annotation) == get_args(VocoderPrecision)

@@ -11,7 +11,7 @@ torch.ao's fbgemm/x86 kernels: torchao's int8 configs need a newer torch than th
 from __future__ import annotations
 
 import warnings
-from typing import Literal, get_args
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,6 @@ from TTS.tts.layers.xtts.gpt import GPT
 from TTS.tts.layers.xtts.hifigan_decoder import HifiDecoder
 
 GptPrecision = Literal["float32", "bfloat16", "float16", "int8"]
-GPT_PRECISIONS: tuple[str, ...] = get_args(GptPrecision)
 VocoderPrecision = Literal["float32", "bfloat16"]
 _FLOAT_TYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
