@@ -36,7 +36,12 @@ class Settings(BaseSettings):
     NUM_THREADS: int = Field(default_factory=_physical_cores, ge=1, le=1024)
     """Threads torch uses (defaults to the physical cores this process may run on)."""
     MAX_CONCURRENT_REQUESTS: int = Field(10, ge=1, le=1000)
-    """Synthesis requests admitted at once; the model still runs one generation step at a time."""
+    """Synthesis requests admitted at once (they decode together, up to MAX_BATCH_SIZE at a time)."""
+    MAX_BATCH_SIZE: int | None = Field(None, ge=1, le=256)
+    """Streams decoded together in one batched GPT step (default: MAX_CONCURRENT_REQUESTS, at most 8 on the
+    CPU and 32 on a GPU); admitted streams beyond it wait for a place in the batch."""
+    STREAM_BUFFER_SECONDS: float = Field(10.0, gt=0, le=3600)
+    """Seconds of audio a stream may make ahead of its client; then it pauses until the client reads."""
     MAX_QUEUE_SIZE: int = Field(32, ge=0, le=10000)
     """Requests that may wait for a slot once all are taken; more get 429."""
     QUEUE_TIMEOUT: float = Field(30.0, gt=0, le=3600)

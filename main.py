@@ -23,7 +23,8 @@ from api.upload_limit import UploadLimitMiddleware
 from config import Settings, get_settings
 from services.admission import AdmissionGate
 from services.cache import SpeakerCache
-from services.engine.model_loader import ModelChoice
+from services.engine.model_loader import ModelChoice, pick_device
+from services.engine.scheduler import BatchLimits
 from services.engine.tts import TTSEngine
 from services.errors import ModelUnavailable
 from services.metrics import LiveFigures, Metrics
@@ -73,6 +74,19 @@ def model_choice(settings: Settings) -> ModelChoice:
         gpt_precision=settings.GPT_PRECISION,
         vocoder_precision=settings.VOCODER_PRECISION,
     )
+
+
+# Beyond these a bigger batch adds little throughput (CPU: weight reads are shared already at 8 rows;
+# measured in `make bench`) while each stream slows down.
+_BATCH_CAP = {"cpu": 8, "cuda": 32}
+
+
+def batch_limits(settings: Settings) -> BatchLimits:
+    """How the engine batches streams (MAX_BATCH_SIZE, STREAM_BUFFER_SECONDS)."""
+    size = settings.MAX_BATCH_SIZE
+    if size is None:
+        size = min(settings.MAX_CONCURRENT_REQUESTS, _BATCH_CAP.get(pick_device(settings.USE_CPU).type, 8))
+    return BatchLimits(max_batch_size=size, buffer_seconds=settings.STREAM_BUFFER_SECONDS)
 
 
 def _studio_speakers_json(engine: TTSEngine) -> bytes:
@@ -133,7 +147,7 @@ def create_app(
                 ready_engine = engine
                 if ready_engine is None:  # loaded on its own model thread: see TTSEngine.start
                     ready_engine = owned_engine = await anyio.to_thread.run_sync(
-                        TTSEngine.start, model_choice(settings)
+                        TTSEngine.start, model_choice(settings), batch_limits(settings)
                     )
                 await _bring_up(state, ready_engine)
             except ModelUnavailable as error:

@@ -28,7 +28,10 @@ class LoadInfo(BaseModel):
     queued: int = Field(description="Requests waiting for a slot.")
     capacity: int = Field(description="MAX_CONCURRENT_REQUESTS.")
     max_queue: int = Field(description="MAX_QUEUE_SIZE.")
-    model_jobs: int = Field(description="Jobs sent to the model thread since start (sentences, clones, warm-up).")
+    model_jobs: int = Field(description="Jobs sent to the model thread since start (batch steps, clones, warm-up).")
+    decoding: int = Field(description="Streams in the decoding batch now (paused slow readers included).")
+    max_batch_size: int = Field(description="MAX_BATCH_SIZE: streams decoded together at most.")
+    batch_steps: int = Field(description="Batched decode steps since start.")
 
 
 class Health(BaseModel):
@@ -62,6 +65,9 @@ async def health(state: StateDep) -> Health:
             capacity=gate.capacity,
             max_queue=gate.max_queue,
             model_jobs=engine.jobs_submitted if engine is not None else 0,
+            decoding=engine.scheduler.running if engine is not None else 0,
+            max_batch_size=engine.scheduler.limits.max_batch_size if engine is not None else 0,
+            batch_steps=engine.scheduler.steps if engine is not None else 0,
         ),
         warning="DUMMY_MODEL is set: random weights, the audio is noise, not speech" if dummy else None,
     )

@@ -73,3 +73,12 @@ def make_clip(folder: Path, extension: str, seconds: float = 3.0, silent: bool =
         check=True,
     )  # fmt: skip
     return path
+
+
+def pcm_snr_db(signal: bytes, reference: bytes) -> float:
+    """Signal-to-noise ratio in dB of 16-bit PCM against a reference of the same length."""
+    ours = np.frombuffer(signal, dtype="<i2").astype(np.float64)
+    theirs = np.frombuffer(reference, dtype="<i2").astype(np.float64)
+    assert ours.shape == theirs.shape, (ours.shape, theirs.shape)
+    noise = float(((ours - theirs) ** 2).sum())
+    return float(10 * np.log10(max(float((theirs**2).sum()), 1e-20) / max(noise, 1e-20)))

@@ -1,8 +1,9 @@
 """A fake engine behind TTSEngine's interface: the serving layer's tests run without a model.
 
-Each sentence becomes `chunks_per_sentence` chunks of seeded noise, made one job per chunk on a
-worker thread by the real SynthesisStream machinery (only the model's part is replaced), so
-admission, cancellation, disconnects and ordering behave as with the real engine, in milliseconds.
+Each sentence becomes `chunks_per_sentence` chunks of seeded noise, one per batched step on a worker
+thread, made by the real scheduler and SynthesisStream (only the model's part, the decoder, is
+replaced), so admission, batching, backpressure, cancellation, disconnects and ordering behave as with
+the real engine, in milliseconds.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from services.engine.cloning import CloneSettings
 from services.engine.languages import XTTS_LANGUAGES
 from services.engine.latents import LatentValues, VoiceLatents, normalize_latents
 from services.engine.model_loader import LoadedModel
-from services.engine.pcm import OUTPUT_SAMPLE_RATE, to_pcm16
+from services.engine.pcm import OUTPUT_SAMPLE_RATE
+from services.engine.scheduler import BatchLimits, BatchScheduler, StepOutput, StreamWork
 from services.engine.synthesis import GenerationParams
 from services.engine.synthesis_stream import SynthesisStream
 from services.engine.text import Sentence
@@ -43,29 +45,35 @@ def fake_latents(seed: int) -> VoiceLatents:
     )
 
 
-class FakeSynthesis(SynthesisStream):
-    """SynthesisStream with the model's part replaced by seeded noise."""
+class FakeDecoder:
+    """The scheduler's decoder with the model replaced by seeded noise: each step gives every stream one
+    chunk, and a sentence is `chunks_per_sentence` chunks."""
 
-    def __init__(self, engine: FakeEngine, *args: Any) -> None:
-        super().__init__(engine, *args)  # type: ignore[arg-type]
-        self._fake = engine
-        self._chunks_into_sentence = 0
+    def __init__(self, engine: FakeEngine) -> None:
+        self._engine = engine
 
-    def _next_chunk(self, sentence: Sentence) -> bytes | None:
-        engine = self._fake
-        if self._chunks_into_sentence == engine.chunks_per_sentence or self._cancel.is_set():
-            self._chunks_into_sentence = 0
-            return None
-        engine.chunks_made += 1
+    def begin_sentence(self, work: StreamWork) -> None:
+        work.decoding = 0  # chunks made of the current sentence
+
+    def step(self, works: list[StreamWork]) -> list[StepOutput]:
+        engine = self._engine
+        engine.chunks_made += len(works)
         if engine.fail_at_chunk is not None and engine.chunks_made >= engine.fail_at_chunk:
             raise RuntimeError("the fake model failed")
         engine.making = True
         time.sleep(engine.chunk_delay_s)
         engine.making = False
-        self._chunks_into_sentence += 1
-        self.timings.tokens += 1
         samples = int(OUTPUT_SAMPLE_RATE * engine.chunk_seconds)
-        return to_pcm16(torch.rand(samples, generator=self._generator) * 0.2 - 0.1)
+        outputs = []
+        for work in works:
+            work.decoding += 1
+            work.timings.tokens += 1
+            chunk = torch.rand(samples, generator=work.generator) * 0.2 - 0.1
+            outputs.append(StepOutput([chunk], sentence_done=work.decoding == engine.chunks_per_sentence))
+        return outputs
+
+    def release(self, work: StreamWork) -> None:
+        work.decoding = None
 
 
 class FakeEngine:
@@ -78,6 +86,7 @@ class FakeEngine:
         chunk_delay_s: float = 0.0,
         warm_up_s: float = 0.0,
         fail_at_chunk: int | None = None,
+        limits: BatchLimits | None = None,
     ) -> None:
         self.chunks_per_sentence = chunks_per_sentence
         self.chunk_seconds = chunk_seconds
@@ -95,6 +104,7 @@ class FakeEngine:
         self.jobs_submitted = 0
         self.clones = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fake-model")
+        self.scheduler = BatchScheduler(FakeDecoder(self), self.submit, limits or BatchLimits())
 
     def normalize_latents(self, gpt_cond_latent: LatentValues, speaker_embedding: LatentValues) -> VoiceLatents:
         return normalize_latents(gpt_cond_latent, speaker_embedding, self.latent_dim, self.embedding_dim)
@@ -113,7 +123,7 @@ class FakeEngine:
     def synthesize(
         self, sentences: list[Sentence], voice: VoiceLatents, params: GenerationParams, cancel: threading.Event
     ) -> SynthesisStream:
-        return FakeSynthesis(self, sentences, voice, params, cancel)
+        return SynthesisStream(self.scheduler, self.device, sentences, voice, params, cancel)
 
     async def clone_voice(self, clips: list[np.ndarray], settings: CloneSettings) -> VoiceLatents:
         self.clones += 1
@@ -127,3 +137,4 @@ class FakeEngine:
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
+        self.scheduler.close()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.audio_checks import assert_complete_wav, assert_pcm_wav, ffprobe, parse_streamed_wav
+from tests.audio_checks import assert_complete_wav, assert_pcm_wav, ffprobe, parse_streamed_wav, pcm_snr_db
 from tests.conftest import BUILTIN_SPEAKER, Server
 
 THREE_SENTENCES = (
@@ -204,8 +204,9 @@ def test_text_that_is_romanised_first_streams(tiny_client: TestClient, language:
     assert samples.size > 0
 
 
-def test_concurrent_streams_take_turns_and_sound_as_if_alone(client: httpx.Client, server: Server) -> None:
-    """Streams interleave chunk by chunk on the one model thread without sharing any generation state."""
+def test_concurrent_streams_batch_together_and_sound_as_if_alone(client: httpx.Client, server: Server) -> None:
+    """Streams decode in one batch on the one model thread without hearing each other (tests/test_batching.py
+    holds the exact bounds)."""
     bodies = [speech(THREE_SENTENCES, seed=101), speech(THREE_SENTENCES, seed=102)]
     alone = [client.post("/tts_stream", json=body).content for body in bodies]
     together: dict[int, bytes] = {}
@@ -229,6 +230,8 @@ def test_concurrent_streams_take_turns_and_sound_as_if_alone(client: httpx.Clien
     threads[1].start()
     for thread in threads:
         thread.join(120)
-    assert together[0] == alone[0] and together[1] == alone[1]
+    for index in range(2):  # the same samples, to float rounding in the shared forward pass
+        assert len(together[index]) == len(alone[index])
+        assert pcm_snr_db(together[index][44:], alone[index][44:]) > 60
     # the second stream did not wait for the first to finish
     assert first_audio_at[1] < finished_at[0] - 0.5, (first_audio_at, finished_at)

@@ -51,7 +51,8 @@ class StepTimings:
     tokens: int = 0
 
 
-def _processors(gpt: GPT, settings: SamplingSettings, prompt_length: int) -> LogitsProcessorList:
+def logits_processors(gpt: GPT, settings: SamplingSettings, prompt_length: int) -> LogitsProcessorList:
+    """transformers' sampling processors in the order its `generate` applies them."""
     processors = LogitsProcessorList()
     if settings.min_new_tokens > 0:
         processors.append(
@@ -92,6 +93,48 @@ def max_new_tokens(gpt: GPT) -> int:
     return int(gpt.max_gen_mel_tokens)
 
 
+@dataclass(frozen=True)
+class SentencePrompt:
+    """What the GPT reads before a sentence's first audio token, as coqui's generate builds it."""
+
+    embeddings: torch.Tensor
+    """[1, T, C]: the conditioning latents, the text with its start and stop tokens, the start audio token."""
+    conditioning_length: int
+    input_ids: torch.Tensor
+    """[1, T] ids transformers' processors look at: coqui feeds placeholder ids (1) for all but the last."""
+
+    def after_conditioning(self) -> torch.Tensor:
+        """The embeddings after the conditioning positions (which a voice's PrefixKV already holds)."""
+        return self.embeddings[:, self.conditioning_length :]
+
+
+def sentence_prompt(gpt: GPT, cond_latent: torch.Tensor, text_tokens: torch.Tensor) -> SentencePrompt:
+    text = F.pad(text_tokens, (0, 1), value=gpt.stop_text_token)
+    text = F.pad(text, (1, 0), value=gpt.start_text_token)
+    start = torch.full((1, 1), gpt.start_audio_token, dtype=torch.long, device=text.device)
+    embeddings = torch.cat(
+        [
+            cond_latent,
+            gpt.text_embedding(text) + gpt.text_pos_embedding(text),
+            gpt.mel_embedding(start) + gpt.mel_pos_embedding(start),
+        ],
+        dim=1,
+    )
+    input_ids = torch.ones((1, embeddings.shape[1]), dtype=torch.long, device=text.device)
+    input_ids[:, -1] = gpt.start_audio_token
+    return SentencePrompt(embeddings, cond_latent.shape[1], input_ids)
+
+
+def token_limit(gpt: GPT, settings: SamplingSettings) -> int:
+    """The most audio tokens this sentence may get: the request's cap within the model's."""
+    return min(settings.max_new_tokens or max_new_tokens(gpt), max_new_tokens(gpt))
+
+
+def audio_token_embedding(gpt: GPT, token: torch.Tensor, index: int) -> torch.Tensor:
+    """The GPT's input [1, 1, C] for the `index`-th audio token of a sentence (the start token is 0)."""
+    return gpt.mel_embedding(token) + gpt.mel_pos_embedding.get_fixed_embedding(index, token.device)
+
+
 def sample_audio_latents(
     gpt: GPT,
     cond_latent: torch.Tensor,
@@ -107,25 +150,19 @@ def sample_audio_latents(
     as coqui's `sample_stream` yields, i.e. the latent of the previous token.
     """
     started = time.perf_counter()
-    text = F.pad(text_tokens, (0, 1), value=gpt.stop_text_token)
-    text = F.pad(text, (1, 0), value=gpt.start_text_token)
-    prefix = torch.cat([cond_latent, gpt.text_embedding(text) + gpt.text_pos_embedding(text)], dim=1)
-    start = torch.full((1, 1), gpt.start_audio_token, dtype=torch.long, device=text.device)
-    start_emb = gpt.mel_embedding(start) + gpt.mel_pos_embedding(start)
-    # transformers' processors look at the ids so far: coqui feeds placeholder ids for the prefix.
-    input_ids = torch.ones((1, prefix.shape[1] + 1), dtype=torch.long, device=text.device)
-    input_ids[:, -1] = gpt.start_audio_token
-    processors = _processors(gpt, settings, input_ids.shape[1])
-    limit = min(settings.max_new_tokens or max_new_tokens(gpt), max_new_tokens(gpt))
+    prompt = sentence_prompt(gpt, cond_latent, text_tokens)
+    processors = logits_processors(gpt, settings, prompt.input_ids.shape[1])
+    input_ids = prompt.input_ids
+    limit = token_limit(gpt, settings)
 
     cache = DynamicCache()
     if prefix_kv is None:
-        prompt = torch.cat([prefix, start_emb], dim=1)
+        embeddings = prompt.embeddings
     else:  # the conditioning positions are already computed: only the text and start token remain
         for layer, (keys, values) in enumerate(prefix_kv):
             cache.update(keys, values, layer)  # concatenates into new tensors; the cached prefix stays intact
-        prompt = torch.cat([prefix[:, cond_latent.shape[1] :], start_emb], dim=1)
-    hidden = run_transformer(gpt, prompt, past_key_values=cache, use_cache=True)
+        embeddings = prompt.after_conditioning()
+    hidden = run_transformer(gpt, embeddings, past_key_values=cache, use_cache=True)
     latent = gpt.final_norm(hidden[:, -1])
     timings.prefill_s += time.perf_counter() - started
 
@@ -140,7 +177,7 @@ def sample_audio_latents(
             return
         step_started = time.perf_counter()
         input_ids = torch.cat([input_ids, token], dim=1)
-        embedding = gpt.mel_embedding(token) + gpt.mel_pos_embedding.get_fixed_embedding(step + 1, token.device)
+        embedding = audio_token_embedding(gpt, token, step + 1)
         hidden = run_transformer(gpt, embedding, past_key_values=cache, use_cache=True)
         latent = gpt.final_norm(hidden[:, -1])
         timings.gpt_steps_s += time.perf_counter() - step_started

@@ -15,11 +15,13 @@ import anyio
 import numpy as np
 import torch
 
+from services.engine.batch_decoder import GptBatchDecoder
 from services.engine.cloning import CloneSettings, compute_voice_latents
-from services.engine.gpt_sampler import PrefixKV, SamplingSettings, StepTimings, conditioning_prefix
+from services.engine.gpt_sampler import PrefixKV, SamplingSettings, conditioning_prefix
 from services.engine.latents import LatentValues, VoiceLatents, normalize_latents
 from services.engine.model_loader import LoadedModel, ModelChoice, load_model
-from services.engine.synthesis import GenerationParams, stream_sentence
+from services.engine.scheduler import BatchLimits, BatchScheduler
+from services.engine.synthesis import GenerationParams
 from services.engine.synthesis_stream import SynthesisStream
 from services.engine.text import Sentence, plan_sentences
 
@@ -31,15 +33,19 @@ class TTSEngine:
     """Owns the XTTS model; every torch call on it runs on one dedicated thread, one job at a time.
 
     coqui's own generation parks the prompt on the model (`gpt_inference.store_prefix_emb`), so two of
-    its generations must never interleave. This engine never uses that path: its sampler keeps the
-    prompt, KV cache and random generator in each stream's own generator object, and nothing on the
-    model changes during generation. So streams can take turns a chunk at a time on the one thread
-    (tested: interleaved streams give byte-identical audio to the same streams run alone), and a new
-    request waits at most one chunk of another stream before its own first chunk.
+    its generations must never interleave. This engine never uses that path: each stream's prompt,
+    KV cache row, sampling state and random generator are its own, and nothing on the model changes
+    during generation. So the streams that are generating advance together, one token each per batched
+    step (see scheduler.py; tested: a stream in a batch gives the same tokens and audio as alone), and a
+    new request joins between two steps.
     """
 
     def __init__(
-        self, loaded: LoadedModel, thread: ThreadPoolExecutor | None = None, owns_thread: bool | None = None
+        self,
+        loaded: LoadedModel,
+        thread: ThreadPoolExecutor | None = None,
+        owns_thread: bool | None = None,
+        limits: BatchLimits | None = None,
     ) -> None:
         self.loaded = loaded
         self.model = loaded.model
@@ -58,6 +64,9 @@ class TTSEngine:
         # Each voice's conditioning KV prefix, computed on first use on the model thread; entries go
         # when the voice's latents do (evicted from the cache, request with explicit latents over).
         self._prefixes: weakref.WeakKeyDictionary[VoiceLatents, PrefixKV] = weakref.WeakKeyDictionary()
+        self.scheduler = BatchScheduler(
+            GptBatchDecoder(self.model, self.device, self.voice_prefix), self.submit, limits or BatchLimits()
+        )
 
     def _load_builtin_speakers(self) -> dict[str, VoiceLatents]:
         manager = getattr(self.model, "speaker_manager", None)
@@ -99,14 +108,17 @@ class TTSEngine:
         self, sentences: list[Sentence], voice: VoiceLatents, params: GenerationParams, cancel: threading.Event
     ) -> SynthesisStream:
         """The sentences' audio as 16-bit PCM chunks, made on the model thread; stops once `cancel` is set."""
-        return SynthesisStream(self, sentences, voice, params, cancel)
+        return SynthesisStream(self.scheduler, self.device, sentences, voice, params, cancel)
 
     async def clone_voice(self, clips: list[np.ndarray], settings: CloneSettings) -> VoiceLatents:
         """Voice latents from reference clips (mono float at 22050 Hz), on the model thread."""
         return await self.run(compute_voice_latents, self.model, clips, settings)
 
     def warm_up(self) -> float:
-        """One short generation, so the first request pays no lazy initialisation. Returns seconds."""
+        """One short generation, so the first request pays no lazy initialisation. Returns seconds.
+
+        Blocks: call it from a worker thread (it runs its own event loop to read the stream).
+        """
         started = time.perf_counter()
         # A long text, so the English sentence splitter loads now rather than in the first request.
         sentences = plan_sentences(self.model.tokenizer, "Warm up. " * 40, "en", True, self.max_text_tokens)
@@ -115,22 +127,16 @@ class TTSEngine:
             torch.zeros(1, self.embedding_dim, 1, device=self.device),
         )
 
-        def generate() -> None:
-            for _ in stream_sentence(
-                self.model,
-                sentences[0].tokens.to(self.device),
-                voice,
-                GenerationParams(sampling=SamplingSettings(max_new_tokens=12)),
-                threading.Event(),
-                StepTimings(),
-            ):
+        async def generate() -> None:  # through the scheduler and batched decoder, as requests go
+            params = GenerationParams(sampling=SamplingSettings(max_new_tokens=12))
+            async for _ in self.synthesize(sentences[:1], voice, params, threading.Event()):
                 pass
 
-        self.submit(generate).result()
+        asyncio.run(generate())  # called from a worker thread, never the server's event loop
         return time.perf_counter() - started
 
     @classmethod
-    def start(cls, choice: ModelChoice) -> TTSEngine:
+    def start(cls, choice: ModelChoice, limits: BatchLimits | None = None) -> TTSEngine:
         """Load the model on a new model thread and return the engine that owns both (blocks until loaded).
 
         Loading there rather than on the caller's thread keeps every torch computation of the process on one
@@ -145,11 +151,12 @@ class TTSEngine:
         except BaseException:
             thread.shutdown(wait=False)
             raise
-        return cls(loaded, thread, owns_thread=True)
+        return cls(loaded, thread, owns_thread=True, limits=limits)
 
     def shutdown(self) -> None:
         if self._owns_thread:
             self.thread.shutdown(wait=True, cancel_futures=True)
+            self.scheduler.close()  # its queued step may have been cancelled: nobody waits for it in vain
 
 
 def model_thread() -> ThreadPoolExecutor:
