@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 import torch
 
-from bench import micro, precision
+from bench import batching, micro, precision
 from config import Settings
 from main import model_choice
 from services.engine.dummy_model import build_dummy_xtts
@@ -438,7 +438,8 @@ def main() -> None:
     parser.add_argument("--cases", default="short,paragraph,long")
     parser.add_argument("--repeats", type=int, default=1, help="whole-stream runs per engine and case")
     parser.add_argument("--ttfa-repeats", type=int, default=5, help="first-chunk runs per engine and case")
-    parser.add_argument("--concurrency", default="1,2,4")
+    parser.add_argument("--concurrency", default="1,2,4,8", help="concurrent streams, in-process and over HTTP")
+    parser.add_argument("--no-batching", action="store_true", help="skip the batched-decoding table")
     parser.add_argument("--no-http", action="store_true")
     parser.add_argument("--no-precision", action="store_true", help="skip the GPT/vocoder precision table")
     parser.add_argument("--out", type=Path, default=None)
@@ -462,6 +463,14 @@ def main() -> None:
             micro.smaller_wins, engine, stock, engine.builtin_speakers[SPEAKER]
         ).result(),
     }
+    levels = [int(level) for level in args.concurrency.split(",")]
+    short_text, short_tokens = CASES["short"]
+    short_tokens = min(short_tokens, max_tokens)
+    voice = engine.builtin_speakers[SPEAKER]
+    if not args.no_batching:
+        report["batching"] = batching.batching_report(
+            engine, short_text, voice, short_tokens, levels, args.ttfa_repeats
+        )
     if not args.no_precision:
         text, tokens = CASES["paragraph"]
         tokens = min(tokens, max_tokens)
@@ -471,7 +480,10 @@ def main() -> None:
             run = loop.run_until_complete(
                 timed_engine_stream(variant_engine, text, variant_engine.builtin_speakers[SPEAKER], tokens, 7)
             )
-            return {**run, "rtf": run["total_s"] / max(run["audio_s"], 1e-9)}
+            run = {**run, "rtf": run["total_s"] / max(run["audio_s"], 1e-9)}
+            if not args.no_batching:  # with batching: the short case at 1/4/8 streams
+                run["batched"] = batching.throughput(variant_engine, short_text, voice, short_tokens, [1, 4, 8])
+            return run
 
         print("precision (paragraph, one stream):", flush=True)
         report["precision"] = precision.precision_table(
@@ -482,15 +494,19 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=float))  # in-process figures survive an HTTP failure
     if not args.no_http:
-        levels = [int(level) for level in args.concurrency.split(",")]
         report["http"] = over_http(engine, args.size, args.repeats, args.ttfa_repeats, max_tokens, levels)
         out.write_text(json.dumps(report, indent=2, default=float))
     else:
         engine.shutdown()
     print_tables(report)
+    if "batching" in report:
+        batching.print_batching_table(report["batching"])
     if "precision" in report:
         print("\nGPT and vocoder precision (paragraph, one stream; fidelity teacher-forced on float32's tokens):")
         precision.print_precision_table(report["precision"])
+        float32_row = report["precision"][precision.label("float32", "float32")]
+        if "batched" in float32_row:
+            batching.print_precision_rows(report["precision"], float32_row["batched"]["1"]["audio_s_per_wall_s"])
     print(f"\nwrote {out}")
 
 

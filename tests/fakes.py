@@ -57,6 +57,7 @@ class FakeDecoder:
 
     def step(self, works: list[StreamWork]) -> list[StepOutput]:
         engine = self._engine
+        engine.batches.append([work.params.seed for work in works])
         engine.chunks_made += len(works)
         if engine.fail_at_chunk is not None and engine.chunks_made >= engine.fail_at_chunk:
             raise RuntimeError("the fake model failed")
@@ -94,6 +95,8 @@ class FakeEngine:
         self.warm_up_s = warm_up_s
         self.fail_at_chunk = fail_at_chunk
         self.chunks_made = 0
+        self.batches: list[list[int | None]] = []
+        """The seeds of the streams in each step's batch, step by step."""
         self.making = False  # a chunk is being made on the model thread right now
         self.device = torch.device("cpu")
         self.loaded = LoadedModel(model=None, source="fake", dummy=True, device=self.device, load_seconds=0.01)  # type: ignore[arg-type]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -222,7 +222,8 @@ async def fake_stream(engine: FakeEngine, text: str, seed: int) -> tuple[Synthes
 
 
 def test_max_batch_size_bounds_the_batch_and_a_waiting_stream_joins_when_one_leaves() -> None:
-    engine = FakeEngine(chunks_per_sentence=5, chunk_delay_s=0.002, limits=BatchLimits(max_batch_size=2))
+    limits = BatchLimits(max_batch_size=2, first_chunk_priority_steps=0)
+    engine = FakeEngine(chunks_per_sentence=5, chunk_delay_s=0.002, limits=limits)
 
     async def run() -> list[int]:
         streams = [(await fake_stream(engine, "One sentence.", seed))[0] for seed in range(3)]
@@ -238,6 +239,30 @@ def test_max_batch_size_bounds_the_batch_and_a_waiting_stream_joins_when_one_lea
         assert asyncio.run(run()) == [5, 5, 5]
         assert engine.scheduler.peak_batch == 2
         assert engine.scheduler.steps == 10  # two together for 5 steps, then the third alone for 5
+    finally:
+        engine.shutdown()
+
+
+def test_a_newcomer_steps_alone_until_its_first_chunk() -> None:
+    engine = FakeEngine(chunks_per_sentence=30, chunk_delay_s=0.002)
+
+    async def run() -> None:
+        running, _ = await fake_stream(engine, "A long sentence already playing.", seed=1)
+        chunks = aiter(running)
+        for _ in range(5):
+            await anext(chunks)
+        newcomer, _ = await fake_stream(engine, "A newcomer.", seed=2)
+        await asyncio.gather(consume(chunks), consume(aiter(newcomer)))
+
+    async def consume(chunks: AsyncIterator[bytes]) -> None:
+        async for _ in chunks:
+            pass
+
+    try:
+        asyncio.run(run())
+        joined = next(index for index, batch in enumerate(engine.batches) if 2 in batch)
+        assert engine.batches[joined] == [2], "the newcomer's first step was not its own"
+        assert engine.batches[joined + 1] == [1, 2], "after its first chunk it did not join the batch"
     finally:
         engine.shutdown()
 

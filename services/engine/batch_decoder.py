@@ -123,18 +123,21 @@ class GptBatchDecoder:
         return []
 
     def _forward(self, continuing: list[_Sentence]) -> None:
-        """One decode pass over every row; rows of streams not continuing are computed and ignored."""
+        """One decode pass over the rows from the first to the last continuing stream's; rows between them
+        that are not continuing (paused, between sentences, waiting their turn) are computed and ignored."""
         gpt = self.model.gpt
-        rows = self.cache.rows
-        inputs = torch.zeros(rows, gpt.gpt.config.n_embd, device=self.device)
-        active = [False] * rows
+        first = min(state.row for state in continuing)
+        stop = max(state.row for state in continuing) + 1
+        inputs = torch.zeros(stop - first, gpt.gpt.config.n_embd, device=self.device)
+        active = [False] * (stop - first)
         for state in continuing:
             assert state.next_input is not None
-            inputs[state.row] = state.next_input
-            active[state.row] = True
-        hidden = decode_step(gpt, self.cache, inputs, active)
+            inputs[state.row - first] = state.next_input
+            active[state.row - first] = True
+        hidden = decode_step(gpt, self.cache, inputs, active, first)
         for state in continuing:
-            state.latent = gpt.final_norm(hidden[state.row : state.row + 1])
+            offset = state.row - first
+            state.latent = gpt.final_norm(hidden[offset : offset + 1])
 
     def release(self, work: StreamWork) -> None:
         state: _Sentence | None = work.decoding

@@ -39,6 +39,8 @@ class SlotKVCache:
         self.values: list[torch.Tensor] = []
         self.lengths: list[int] = []
         """Positions filled in each row; row i is in use while i < len(lengths)."""
+        self.peak_bytes = 0
+        """The most memory the cache has held (for the benchmark)."""
 
     @property
     def rows(self) -> int:
@@ -48,10 +50,8 @@ class SlotKVCache:
     def capacity(self) -> int:
         return self.keys[0].shape[2] if self.keys else 0
 
-    def bytes_per_row(self) -> int:
-        if not self.keys:
-            return 0
-        return sum(t[0].numel() * t.element_size() for t in (*self.keys, *self.values))
+    def allocated_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
 
     def add_row(self, prompt: PrefixKV) -> int:
         """A new row holding a prompt's keys and values ([1, heads, length, head_dim] per layer)."""
@@ -102,6 +102,7 @@ class SlotKVCache:
         for old, new in ((old_keys, self.keys), (old_values, self.values)):
             for old_layer, new_layer in zip(old, new, strict=False):
                 new_layer[: old_layer.shape[0], :, : old_layer.shape[2]] = old_layer
+        self.peak_bytes = max(self.peak_bytes, self.allocated_bytes())
 
 
 def prefill(gpt: GPT, prompt: torch.Tensor, prefix_kv: PrefixKV | None) -> tuple[torch.Tensor, PrefixKV]:
@@ -122,19 +123,24 @@ def prefill(gpt: GPT, prompt: torch.Tensor, prefix_kv: PrefixKV | None) -> tuple
     return hidden[:, -1], tuple(kv)
 
 
-def decode_step(gpt: GPT, cache: SlotKVCache, inputs: torch.Tensor, active: list[bool]) -> torch.Tensor:
-    """One position for every row: inputs [rows, C] -> hidden states [rows, C] (float32, after ln_f).
+def decode_step(
+    gpt: GPT, cache: SlotKVCache, inputs: torch.Tensor, active: list[bool], first_row: int = 0
+) -> torch.Tensor:
+    """One position for rows first_row .. first_row + len(inputs) - 1: inputs [n, C] -> hidden [n, C]
+    (float32, after ln_f). A contiguous range of rows is a view of the cache: nothing is copied.
 
     Rows not `active` (a paused stream, one between sentences) are computed but their lengths do not
     advance, so the key and value written for them are overwritten by their next real step.
     """
     transformer = gpt.gpt
-    rows = cache.rows
-    cache.reserve(max(cache.lengths) + 1)
+    rows = inputs.shape[0]
+    stop = first_row + rows
+    row_lengths = cache.lengths[first_row:stop]
+    cache.reserve(max(row_lengths) + 1)
     device = inputs.device
-    lengths = torch.tensor(cache.lengths, device=device)
-    row_index = torch.arange(rows, device=device)
-    span = int(max(cache.lengths)) + 1
+    lengths = torch.tensor(row_lengths, device=device)
+    row_index = torch.arange(first_row, stop, device=device)
+    span = max(row_lengths) + 1
     # row i attends to its positions 0..lengths[i] (its new one included) and to nothing beyond
     mask = (torch.arange(span, device=device)[None, :] <= lengths[:, None])[:, None, None, :]
     heads, head_dim = cache.heads, cache.head_dim
@@ -147,13 +153,13 @@ def decode_step(gpt: GPT, cache: SlotKVCache, inputs: torch.Tensor, active: list
         values[row_index, :, lengths] = value.reshape(rows, heads, head_dim)
         attended = F.scaled_dot_product_attention(
             query.reshape(rows, 1, heads, head_dim).transpose(1, 2),
-            keys[:rows, :, :span],
-            values[:rows, :, :span],
+            keys[first_row:stop, :, :span],
+            values[first_row:stop, :, :span],
             attn_mask=mask,
         )
         x = x + attention.c_proj(attended.transpose(1, 2).reshape(rows, 1, heads * head_dim))
         x = x + block.mlp(block.ln_2(x))
-    for row, advance in enumerate(active):
+    for row, advance in enumerate(active, start=first_row):
         if advance:
             cache.lengths[row] += 1
     return transformer.ln_f(x)[:, 0].float()
