@@ -104,6 +104,8 @@ async def _bring_up(state: AppState, engine: TTSEngine) -> None:
         " (DUMMY: random weights, noise not speech)" if loaded.dummy else "",
     )  # fmt: skip
     logger.info("warm-up generation took %.2f s", await anyio.to_thread.run_sync(engine.warm_up))
+    scheduler = engine.scheduler
+    state.metrics.figures.batch = lambda: (scheduler.running, scheduler.limits.max_batch_size, scheduler.steps)
     store = VoiceStore(settings.VOICES_DIR, engine.latent_dim, engine.embedding_dim)
     if removed := await anyio.to_thread.run_sync(store.remove_leftovers):
         logger.warning("removed %d half-written voice files from %s", removed, settings.VOICES_DIR)

@@ -11,6 +11,7 @@ import asyncio
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +173,50 @@ def ttfa_under_load(
     return rows
 
 
+def decode_step_cost(engine: TTSEngine, rows: list[int], length: int = 150) -> dict[str, Any]:
+    """Milliseconds of one batched decode step (batched_gpt.decode_step) by rows, every row `length` positions
+    long, and of one step through transformers' DynamicCache at one row (what the slot cache replaced)."""
+    from transformers import DynamicCache
+
+    from services.engine.batched_gpt import SlotKVCache, decode_step, prefill
+    from services.engine.precision import run_transformer
+
+    gpt = engine.model.gpt
+    width = gpt.gpt.config.n_embd
+
+    def timed(fn: Callable[[], object]) -> float:
+        fn()
+        started = time.perf_counter()
+        for _ in range(4):
+            fn()
+        return (time.perf_counter() - started) / 4 * 1000
+
+    def measure() -> dict[str, Any]:
+        prompt = torch.randn(1, length, width, device=engine.device)
+        _, kv = prefill(gpt, prompt, None)
+        result: dict[str, Any] = {"positions": length, "slot_cache_ms": {}}
+        for count in rows:
+            cache = SlotKVCache(gpt, engine.device)
+            for _ in range(count):
+                cache.add_row(kv)
+            inputs = torch.randn(count, width, device=engine.device)
+            idle = [False] * count  # computed, not advanced: every repeat measures the same lengths
+            result["slot_cache_ms"][str(count)] = timed(
+                lambda cache=cache, inputs=inputs, idle=idle: decode_step(gpt, cache, inputs, idle)
+            )
+
+        def dynamic_step() -> None:
+            cache = DynamicCache()
+            for index, (keys, values) in enumerate(kv):
+                cache.update(keys, values, index)
+            run_transformer(gpt, torch.randn(1, 1, width, device=engine.device), past_key_values=cache, use_cache=True)
+
+        result["dynamic_cache_one_row_ms"] = timed(dynamic_step)
+        return result
+
+    return engine.submit(measure).result()
+
+
 def vocoder_batching(engine: TTSEngine) -> dict[str, Any]:
     """HiFi-GAN cost per stream when B streams' chunks (20 tokens each) are decoded in one call."""
     decoder = engine.model.hifigan_decoder.waveform_decoder
@@ -208,6 +253,7 @@ def batching_report(
         "throughput": throughput(engine, text, voice, tokens, levels),
         "ttfa_under_load": ttfa_under_load(engine, text, voice, [0, 3, 7], ttfa_repeats),
         "vocoder_batching": vocoder_batching(engine),
+        "decode_step": decode_step_cost(engine, [1, 2, 4, 8, 16]),
     }
     return report
 
@@ -227,6 +273,13 @@ def print_batching_table(report: dict[str, Any]) -> None:
         print(
             f"  {running} running: p50 {row['p50_s']:.3f} s, p95 {row['p95_s']:.3f} s "
             f"({row['p95_over_idle_p50']:.2f}x idle p50; {row['runs']} runs)"
+        )
+    step = report.get("decode_step")
+    if step:
+        print(
+            f"Decode step, ms (rows at {step['positions']} positions): "
+            + ", ".join(f"{rows} rows: {ms:.0f}" for rows, ms in step["slot_cache_ms"].items())
+            + f"; one row through transformers' DynamicCache: {step['dynamic_cache_one_row_ms']:.0f}"
         )
     print(
         "Vocoder, ms per stream when B chunks decode in one call: "

@@ -23,6 +23,7 @@ class LiveFigures:
     queued: Callable[[], int]
     capacity: Callable[[], int]
     cache: Callable[[], tuple[int, int, int, int] | None]  # size, hits, misses, evictions
+    batch: Callable[[], tuple[int, int, int]] | None = None  # streams decoding, MAX_BATCH_SIZE, steps; once loaded
 
 
 class _LiveCollector(Collector):
@@ -40,12 +41,18 @@ class _LiveCollector(Collector):
             yield CounterMetricFamily("xtts_speaker_cache_hits", "Latent cache hits.", hits)
             yield CounterMetricFamily("xtts_speaker_cache_misses", "Latent cache misses.", misses)
             yield CounterMetricFamily("xtts_speaker_cache_evictions", "Entries evicted or expired.", evictions)
+        if figures.batch is not None:
+            decoding, max_batch_size, steps = figures.batch()
+            yield GaugeMetricFamily("xtts_batch_streams", "Streams in the decoding batch now.", decoding)
+            yield GaugeMetricFamily("xtts_batch_max_size", "MAX_BATCH_SIZE.", max_batch_size)
+            yield CounterMetricFamily("xtts_batch_steps", "Batched GPT decode steps.", steps)
 
 
 class Metrics:
     """One registry per app (so several apps in one process never collide)."""
 
     def __init__(self, figures: LiveFigures) -> None:
+        self.figures = figures
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "xtts_http_requests", "HTTP requests by route and status.", ["method", "route", "status"],

@@ -178,4 +178,6 @@ def test_metrics_scrape_cleanly(fake_client: TestClient, caplog: pytest.LogCaptu
                  "xtts_speaker_cache_hits", "xtts_speaker_cache_misses", "xtts_model_load_seconds"):  # fmt: skip
         assert name in families, name
     assert next(iter(families["xtts_model_load_seconds"].samples)).value > 0
+    assert next(iter(families["xtts_batch_steps"].samples)).value >= 1  # the streams above stepped
+    assert next(iter(families["xtts_batch_streams"].samples)).value == 0  # and have all left the batch
     assert "outcome=completed" in caplog.text and "session=" in caplog.text

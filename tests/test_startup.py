@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from config import Settings
+from main import batch_limits
 from services.engine.dummy_model import build_dummy_xtts, dummy_config
 from services.engine.model_loader import ModelChoice, load_model
 from services.errors import ModelUnavailable
@@ -78,3 +79,13 @@ def test_readme_documents_every_setting() -> None:
     readme = (REPO / "README.md").read_text()
     missing = [name for name in Settings.model_fields if f"| `{name}` |" not in readme]
     assert missing == [], f"README's configuration table lacks {missing}"
+
+
+def test_the_batch_size_follows_the_admitted_requests_within_the_devices_cap() -> None:
+    def limits(**values: object) -> tuple[int, float]:
+        chosen = batch_limits(Settings(_env_file=None, USE_CPU=True, **values))  # type: ignore[call-arg]
+        return chosen.max_batch_size, chosen.buffer_seconds
+
+    assert limits() == (8, 10.0)  # MAX_CONCURRENT_REQUESTS=10, capped at 8 on a CPU
+    assert limits(MAX_CONCURRENT_REQUESTS=3) == (3, 10.0)
+    assert limits(MAX_BATCH_SIZE=12, STREAM_BUFFER_SECONDS=2.5) == (12, 2.5)
