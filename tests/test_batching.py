@@ -4,7 +4,8 @@ Proof by equivalence on the tiny model: each stream's sampled tokens are identic
 run alone with the same seed, and its waveform equals alone's to float rounding in the shared forward
 pass (asserted: SNR above 60 dB of the 16-bit PCM; measured about 84 dB, a difference of at most 1 LSB),
 for streams that start at different times, with different texts, voices and settings, one of them
-cancelled half-way. Scheduling (batch size, joining, backpressure) is also tested with the fake engine.
+cancelled half-way; with the GPT in float32 and in int8. Scheduling (batch size, joining, backpressure,
+first-chunk priority) is tested with the fake engine.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from services.engine.batched_gpt import SlotKVCache, decode_step, prefill
 from services.engine.gpt_sampler import SamplingSettings, StepTimings, sample_audio_latents
 from services.engine.latents import VoiceLatents
-from services.engine.model_loader import LoadedModel
+from services.engine.model_loader import LoadedModel, ModelChoice, load_model
 from services.engine.pcm import to_pcm16
 from services.engine.precision import run_transformer
 from services.engine.scheduler import BatchLimits
@@ -36,6 +37,15 @@ MIN_SNR_DB = 60
 @pytest.fixture(scope="module")
 def engine(tiny_loaded: LoadedModel) -> Iterator[TTSEngine]:
     engine = TTSEngine(tiny_loaded, limits=BatchLimits(max_batch_size=8))
+    yield engine
+    engine.shutdown()
+
+
+@pytest.fixture(scope="module", params=["float32", "int8"])
+def any_precision_engine(request: pytest.FixtureRequest, tiny_loaded: LoadedModel) -> Iterator[TTSEngine]:
+    """float32, and int8 (its activations are quantized per row, so a batch is no different from alone)."""
+    loaded = tiny_loaded if request.param == "float32" else load_model(ModelChoice(dummy="tiny", gpt_precision="int8"))
+    engine = TTSEngine(loaded, limits=BatchLimits(max_batch_size=8))
     yield engine
     engine.shutdown()
 
@@ -105,7 +115,8 @@ async def speak(
     return pcm, list(stream.audio_tokens), stream
 
 
-def test_streams_in_a_batch_sound_exactly_as_alone(engine: TTSEngine) -> None:
+def test_streams_in_a_batch_sound_exactly_as_alone(any_precision_engine: TTSEngine) -> None:
+    engine = any_precision_engine
     requests = requests_of_every_kind(tokens=40)
 
     async def alone() -> list[tuple[bytes, list[int], SynthesisStream]]:

@@ -4,8 +4,8 @@ At batch 1 every decode step reads all of the GPT's weights, so their size sets 
 cores, 60 linear layers of 1024x4096: fp32 60 ms, bf16 35 ms, int8 7.4 ms). Only the transformer blocks
 change precision: the embeddings, the final norms, the heads that make logits, the conditioning encoder
 and the sampler stay float32. bfloat16 and float16 cast the blocks (the KV cache follows); int8 is
-dynamic quantization of their linear layers (int8 weights, activations quantized per step) through
-torch.ao's fbgemm/x86 kernels: torchao's int8 configs need a newer torch than the 2.9 pinned here.
+dynamic quantization of their linear layers (int8 weights, activations quantized per step and per row)
+through torch.ao's fbgemm/x86 kernels: torchao's int8 configs need a newer torch than the 2.9 pinned here.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 from transformers.pytorch_utils import Conv1D
 from TTS.tts.layers.xtts.gpt import GPT
 from TTS.tts.layers.xtts.hifigan_decoder import HifiDecoder
@@ -54,12 +55,46 @@ def apply_gpt_precision(gpt: GPT, precision: GptPrecision, device: torch.device)
             from torch.ao.quantization import quantize_dynamic
 
             quantize_dynamic(transformer.h, {nn.Linear}, dtype=torch.qint8, inplace=True)
+        for block in transformer.h:
+            for owner in (block.attn, block.mlp):
+                for name, child in list(owner.named_children()):
+                    if isinstance(child, DynamicQuantizedLinear):
+                        setattr(owner, name, RowwiseQuantizedLinear(child))
         return
     dtype = _FLOAT_TYPES[precision]
     transformer.to(dtype)
     # XTTS replaces GPT-2's position embeddings with a function returning float32 zeros, which would
     # promote every block's input back to float32: make its zeros the blocks' dtype.
     transformer.wpe = _NullPositions(transformer.embed_dim, dtype)
+
+
+class RowwiseQuantizedLinear(nn.Module):
+    """torch.ao's dynamic int8 linear with each row's activations quantized on their own range.
+
+    torch.ao picks one activation scale per call, from the whole input: in a batch, one stream's numbers
+    would then depend on the other streams' activations. Mapping each row affinely onto [0, 1] first gives
+    every row the same range, so each is quantized exactly as it would be alone (batch-invariant), and
+    with a range fitted to it (measured: 36 vs 32 dB against float32 on a 1024x4096 layer):
+    W x = span * W x' + min * rowsum(W) with x' = (x - min) / span.
+    """
+
+    def __init__(self, quantized: DynamicQuantizedLinear) -> None:
+        super().__init__()
+        weight = quantized.weight()
+        bias = quantized.bias()
+        self.in_features = quantized.in_features
+        self.out_features = quantized.out_features
+        self._packed = torch.ops.quantized.linear_prepack(weight, None)
+        self.register_buffer("row_sums", weight.dequantize().sum(dim=1), persistent=False)
+        self.register_buffer("offset", bias.detach().clone() if bias is not None else None, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features)
+        low, high = torch.aminmax(rows, dim=1, keepdim=True)
+        span = (high - low).clamp_min_(1e-12)
+        unit = torch.ops.quantized.linear_dynamic((rows - low).div_(span), self._packed, True)
+        base = low * self.row_sums if self.offset is None else torch.addcmul(self.offset, low, self.row_sums)
+        return base.addcmul_(unit, span).reshape(*x.shape[:-1], self.out_features)
 
 
 class _NullPositions:
