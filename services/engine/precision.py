@@ -85,8 +85,9 @@ class RowwiseQuantizedLinear(nn.Module):
         self.in_features = quantized.in_features
         self.out_features = quantized.out_features
         self._packed = torch.ops.quantized.linear_prepack(weight, None)
-        self.register_buffer("row_sums", weight.dequantize().sum(dim=1), persistent=False)
-        self.register_buffer("offset", bias.detach().clone() if bias is not None else None, persistent=False)
+        # plain attributes, not buffers: int8 runs on the CPU only, and nothing here is saved
+        self.row_sums: torch.Tensor = weight.dequantize().sum(dim=1)
+        self.offset: torch.Tensor | None = bias.detach().clone() if bias is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
