@@ -28,8 +28,8 @@ class AudioStreamResponse(Response):
 
     Unlike Starlette's StreamingResponse it always closes the stream (freeing its slot) even if the
     body never started, and it watches for http.disconnect itself whatever the ASGI spec version.
-    A failure after the first byte ends the response without its final chunk, so the client sees
-    an incomplete body rather than a finished one.
+    A stream that does not finish (a failure after the first byte, a cancel) ends the response without
+    its final chunk, so the client sees an incomplete body rather than a finished one.
     """
 
     def __init__(self, stream: SpeechStream, encoder: AudioEncoder, headers: dict[str, str]) -> None:
@@ -56,9 +56,16 @@ class AudioStreamResponse(Response):
                 async for pcm in stream:
                     if encoded := await self._encoded(self.encoder.encode, pcm):
                         await self._send(send, encoded)
-                if tail := await self._encoded(self.encoder.finish):
-                    await self._send(send, tail)
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                if stream.complete:
+                    if tail := await self._encoded(self.encoder.finish):
+                        await self._send(send, tail)
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                else:
+                    # Cancelled (/stream_cancel, shutdown): returning without the final body message makes
+                    # the server close the connection without the terminating chunk, so the client sees an
+                    # incomplete body (curl exits 18, httpx raises) instead of a finished one.
+                    logger.info("session %s: stream stopped before the end; closing without the final chunk",
+                                stream.session.id)  # fmt: skip
                 group.cancel_scope.cancel()
         except Exception as error:  # model failure or a broken connection after the 200 went out
             logger.error("session %s: stream ended early: %s: %s", stream.session.id, type(error).__name__, error)

@@ -21,7 +21,7 @@ VoiceId = Annotated[str, Path(pattern=ID_PATTERN, description="A saved voice's i
 
 
 class Latents(BaseModel):
-    gpt_cond_latent: list[list[float]] = Field(description="32 x 1024 floats.")
+    gpt_cond_latent: list[list[float]] = Field(description="N x 1024 floats (N = 32 from cloning).")
     speaker_embedding: list[float] = Field(description="512 floats.")
 
 

@@ -20,7 +20,8 @@ ClientId = Annotated[
 ]
 
 
-# Latents squeezed or not: [32, 1024], [1, 32, 1024], flat; [512], [1, 512], [512, 1], [1, 512, 1].
+# Latents squeezed or not: [N, 1024], [1, N, 1024], flat N x 1024 (N frames, 32 from v2's cloning);
+# [512], [1, 512], [512, 1], [1, 512, 1].
 NestedFloats = list[float] | list[list[float]] | list[list[list[float]]]
 
 
@@ -96,7 +97,8 @@ class SpeechRequest(GenerationOptions):
         description="A saved voice id or a built-in speaker name (see /saved_voices and /available_speakers).",
     )
     gpt_cond_latent: NestedFloats | None = Field(
-        None, description="GPT conditioning latents, 32 x 1024 floats (coqui's /clone_speaker output)."
+        None,
+        description="GPT conditioning latents, N x 1024 floats (N = 32 from /clone_speaker; 1-512 accepted).",
     )
     speaker_embedding: NestedFloats | None = Field(
         None, description="Speaker embedding, 512 floats (coqui's /clone_speaker output)."
@@ -160,7 +162,7 @@ class CloneOptions(BaseModel):
 class SaveVoiceRequest(BaseModel):
     """A voice to save from latents (what /clone_speaker returned, or latents from coqui's server)."""
 
-    gpt_cond_latent: NestedFloats = Field(description="32 x 1024 floats, squeezed or not.")
+    gpt_cond_latent: NestedFloats = Field(description="N x 1024 floats (N = 32 from cloning, 1-512), squeezed or not.")
     speaker_embedding: NestedFloats = Field(description="512 floats, squeezed or not.")
     name: str | None = Field(None, max_length=200)
     description: str = Field("", max_length=2000)

@@ -99,6 +99,11 @@ class SpeechStream:
                 )  # fmt: skip
             yield pcm
 
+    @property
+    def complete(self) -> bool:
+        """Everything planned was spoken and handed over (false after a cancel or before the end)."""
+        return self._synthesis is not None and self._synthesis.complete
+
     def add_timing(self, stage: str, seconds: float) -> None:
         """Time spent on this stream outside the engine (encoding, sending)."""
         self.session.add_timing(stage, seconds)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 import pytest
@@ -12,6 +13,7 @@ from services.engine.gpt_sampler import SamplingSettings, StepTimings, condition
 from services.engine.latents import VoiceLatents
 from services.engine.model_loader import LoadedModel
 from services.engine.synthesis import ChunkSchedule, GenerationParams, stream_sentence
+from services.engine.tts import TTSEngine
 from services.engine.vocoder import IncrementalVocoder
 from tests.conftest import BUILTIN_SPEAKER
 
@@ -159,3 +161,74 @@ def test_cached_conditioning_prefix_gives_the_same_tokens_and_latents(
         assert torch.allclose(
             torch.cat([latent for _, latent in runs[0]]), torch.cat([latent for _, latent in with_prefix]), atol=1e-4
         )
+
+
+def coqui_latents_without_perceiver(model: object, seconds: float) -> torch.Tensor:
+    """Conditioning latents as coqui makes them for a model without the perceiver resampler (older clones and
+    other conditioning settings): one frame per mel frame of the reference, so N follows its length."""
+    gpt_flag = model.gpt.use_perceiver_resampler  # type: ignore[attr-defined]
+    args_flag = model.args.gpt_use_perceiver_resampler  # type: ignore[attr-defined]
+    model.gpt.use_perceiver_resampler = model.args.gpt_use_perceiver_resampler = False  # type: ignore[attr-defined]
+    try:
+        generator = torch.Generator().manual_seed(int(seconds * 100))
+        audio = torch.randn(1, int(22050 * seconds), generator=generator) * 0.1
+        return model.get_gpt_cond_latents(audio, 22050, length=-1)  # type: ignore[attr-defined,no-any-return]
+    finally:
+        model.gpt.use_perceiver_resampler = gpt_flag  # type: ignore[attr-defined]
+        model.args.gpt_use_perceiver_resampler = args_flag  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("seconds", [0.2, 0.5, 2.0])
+def test_latents_of_any_frame_count_condition_as_coquis_generate_does(
+    tiny_engine: TTSEngine, voice: dict[str, torch.Tensor], seconds: float
+) -> None:
+    """N != 32 frames, through the server's path (shape checks, cached prefix, batched decoder): the same tokens
+    coqui's generate samples with those latents, so every frame conditions the speech."""
+    model = tiny_engine.model
+    cond = coqui_latents_without_perceiver(model, seconds)
+    frames = cond.shape[1]
+    assert frames != 32 and cond.shape[2] == 1024
+    latents = tiny_engine.normalize_latents(cond.squeeze(0).reshape(-1).tolist(), voice["speaker_embedding"])
+    assert latents.gpt_cond_latent.shape == (1, frames, 1024)
+    assert conditioning_prefix(model.gpt, latents.gpt_cond_latent)[0][0].shape[-2] == frames
+
+    text = "hello world."
+    sampling = SamplingSettings(repetition_penalty=5.0, max_new_tokens=24)
+    sentences = asyncio.run(tiny_engine.plan(text, "en", True))
+    params = GenerationParams(sampling=sampling, seed=5)
+
+    tokens = asyncio.run(_tokens_of(tiny_engine, sentences, latents, params))
+
+    def coquis() -> list[int]:
+        torch.manual_seed(5)
+        with torch.inference_mode():
+            return model.gpt.generate(  # type: ignore[no-any-return]
+                cond_latents=cond,
+                text_inputs=sentences[0].tokens,
+                do_sample=True,
+                top_p=sampling.top_p,
+                top_k=sampling.top_k,
+                temperature=sampling.temperature,
+                num_return_sequences=1,
+                num_beams=1,
+                length_penalty=1.0,
+                repetition_penalty=5.0,
+                max_new_tokens=24,
+            )[0].tolist()
+
+    expected = tiny_engine.submit(coquis).result()
+    stop = model.gpt.stop_audio_token
+    assert tokens == [token for token in expected if token != stop][: len(tokens)] and len(tokens) > 0
+    # a different frame count is a different voice: the frames are read, not truncated to 32
+    if frames > 32:
+        truncated = tiny_engine.normalize_latents(cond[:, :32], voice["speaker_embedding"])
+        stream_tokens = asyncio.run(_tokens_of(tiny_engine, sentences, truncated, params))
+        assert stream_tokens != tokens
+
+
+async def _tokens_of(engine: TTSEngine, sentences: list, latents: VoiceLatents, params: GenerationParams) -> list[int]:
+    stream = engine.synthesize(sentences, latents, params, threading.Event())
+    async for _ in stream:
+        pass
+    await stream.wait_idle()
+    return list(stream.audio_tokens)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from services.engine.latents import normalize_latents
+from services.engine.latents import MAX_COND_LATENT_FRAMES, normalize_latents
 from services.errors import InvalidLatents
 
 RNG = np.random.default_rng(0)
@@ -30,6 +30,17 @@ def test_any_of_coquis_shapes_becomes_the_models(cond: object, embedding: object
     assert torch.equal(latents.speaker_embedding.reshape(-1), torch.from_numpy(EMBEDDING))
 
 
+@pytest.mark.parametrize("frames", [1, 7, 31, 33, 100, MAX_COND_LATENT_FRAMES])
+@pytest.mark.parametrize("form", ["2d", "3d", "flat"])
+def test_latents_of_any_frame_count_keep_every_frame(frames: int, form: str) -> None:
+    """coqui's server reshapes latents to (-1, 1024): clones made without the perceiver carry N != 32 frames."""
+    cond = RNG.standard_normal((frames, 1024)).astype(np.float32)
+    sent = {"2d": cond, "3d": cond[None], "flat": cond.ravel()}[form]
+    latents = normalize_latents(sent, EMBEDDING, 1024, 512)
+    assert latents.gpt_cond_latent.shape == (1, frames, 1024)
+    assert torch.equal(latents.gpt_cond_latent[0], torch.from_numpy(cond))
+
+
 def test_the_wire_form_round_trips() -> None:
     wire = normalize_latents(COND, EMBEDDING, 1024, 512).as_lists()
     assert np.array(wire["gpt_cond_latent"]).shape == (32, 1024) and len(wire["speaker_embedding"]) == 512
@@ -40,8 +51,11 @@ def test_the_wire_form_round_trips() -> None:
 @pytest.mark.parametrize(
     ("cond", "embedding", "needle"),
     [
-        (COND[:31], EMBEDDING, "[32, 1024]"),
-        (COND.T, EMBEDDING, "[32, 1024]"),
+        (COND.T, EMBEDDING, "[N, 1024]"),
+        (COND.ravel()[:-1], EMBEDDING, "[N, 1024]"),
+        (np.stack([COND, COND]), EMBEDDING, "[N, 1024]"),
+        (np.zeros((0, 1024)), EMBEDDING, "[N, 1024]"),
+        (np.zeros((MAX_COND_LATENT_FRAMES + 1, 1024)), EMBEDDING, f"at most {MAX_COND_LATENT_FRAMES}"),
         (COND, EMBEDDING[:500], "[512]"),
         ([[1.0, 2.0], [3.0]], EMBEDDING, "rectangular"),
         (np.full((32, 1024), np.nan), EMBEDDING, "NaN"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -109,7 +110,11 @@ def test_cancel_stops_the_stream_within_a_chunk_and_frees_the_slot(client: httpx
         cancelled_at = time.monotonic()
         answer = client.delete(f"/stream_cancel/{session_id}")
         assert answer.status_code == 200
-        after_cancel = sum(len(chunk) for chunk in chunks)  # the HTTP stream ends by itself
+        after_cancel = 0
+        # the HTTP stream ends by itself, without its terminating chunk: it must not look finished
+        with pytest.raises(httpx.RemoteProtocolError):
+            for chunk in chunks:
+                after_cancel += len(chunk)
         ended_after_s = time.monotonic() - cancelled_at
     assert ended_after_s < 5
     # at most the chunk in flight (8 tokens ~ 9k samples) and what was already buffered
@@ -120,6 +125,26 @@ def test_cancel_stops_the_stream_within_a_chunk_and_frees_the_slot(client: httpx
     wait_for(lambda: client.get("/health").json()["requests"]["in_flight"] == 0, what="slot release")
     again = client.delete(f"/stream_cancel/{session_id}")
     assert again.status_code == 409 and again.json()["error"] == "session_conflict"
+
+
+def test_curl_sees_a_cancelled_stream_as_incomplete_and_a_finished_one_as_complete(
+    paced: LiveServer, client: httpx.Client, tmp_path: Path
+) -> None:
+    def curl(body: dict[str, object]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            ["curl", "-sS", "--fail-with-body", "-o", str(tmp_path / "out.wav"), "-H", "Content-Type: application/json",
+             "-d", json.dumps(body), f"{paced.url}/tts_stream"],
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+
+    finished = curl(speech("One short sentence."))
+    assert finished.wait(30) == 0, finished.stderr.read() if finished.stderr else ""
+
+    cancelled = curl(speech(session_id="curl-cancelled"))
+    wait_for(lambda: client.get("/stream_status/curl-cancelled").json().get("bytes_sent", 0) > 0, what="audio")
+    assert client.delete("/stream_cancel/curl-cancelled").status_code == 200
+    assert cancelled.wait(30) == 18  # CURLE_PARTIAL_FILE: the body ended before its last chunk
+    assert status(client, "curl-cancelled")["error"] == "cancelled by request"
 
 
 def test_unknown_session_is_404(client: httpx.Client) -> None:

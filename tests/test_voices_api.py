@@ -283,3 +283,36 @@ def test_voice_survives_restart_and_leftovers_are_cleaned(
         assert_pcm_wav(stream.content)
     assert not leftover.exists()
     assert "not-a-voice" in caplog.text  # warned, not crashed
+
+
+@pytest.mark.parametrize("frames", [1, 7, 60])
+def test_latents_of_any_frame_count_speak_and_save(tiny_client: TestClient, frames: int) -> None:
+    """coqui's server reshapes latents to (-1, 1024): clones made without its perceiver carry N != 32 frames."""
+    rng = np.random.default_rng(frames)
+    cond = (rng.standard_normal((frames, 1024)) * 0.5).astype(np.float32)
+    embedding = rng.standard_normal(512).astype(np.float32)
+    flat = {"gpt_cond_latent": cond.ravel().tolist(), "speaker_embedding": embedding.tolist()}
+    nested = {"gpt_cond_latent": cond[None].tolist(), "speaker_embedding": embedding.tolist()}
+    request = {"text": "Hi.", "language": "en", "seed": 3}
+    streamed = tiny_client.post("/tts_stream", json={**request, **flat})
+    assert streamed.status_code == 200
+    assert_pcm_wav(streamed.content)
+    whole = tiny_client.post("/tts", json={**request, **nested}, headers={"Accept": "audio/wav"})
+    assert whole.status_code == 200 and whole.content[44:] == streamed.content[44:]
+
+    voice_id = f"frames-{frames}"
+    assert tiny_client.post(f"/save_voice/{voice_id}", json={**flat, "overwrite": True}).status_code == 201
+    saved = tiny_client.get(f"/saved_voices/{voice_id}").json()
+    np.testing.assert_allclose(saved["gpt_cond_latent"], cond, rtol=1e-6)
+    by_id = tiny_client.post("/tts_stream", json={**request, "speaker_id": voice_id})
+    assert by_id.status_code == 200 and by_id.content[44:] == streamed.content[44:]
+
+
+def test_latents_over_the_frame_cap_are_422(client: TestClient) -> None:
+    too_many = {"gpt_cond_latent": [[0] * 1024] * 513, "speaker_embedding": [1] * 512}  # compact: under 2 MB
+    for response in (
+        client.post("/save_voice/too-long", json=too_many),
+        client.post("/tts_stream", json={"text": "Hi.", "language": "en", **too_many}),
+    ):
+        assert response.status_code == 422
+        assert "at most 512" in response.json()["message"]

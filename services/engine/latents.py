@@ -12,13 +12,18 @@ from services.errors import InvalidLatents
 
 # Latents as they arrive: nested lists from JSON, arrays, or tensors from a file.
 LatentValues = Sequence | np.ndarray | torch.Tensor
-# XTTS v2's perceiver always yields 32 conditioning vectors.
+# XTTS v2's perceiver yields 32 conditioning vectors; latents made without it (older clones, other
+# conditioning settings) carry one per mel frame. coqui's server reshapes them to (-1, C), so any count works.
 COND_LATENT_FRAMES = 32
+# Each frame is one more prompt position for every sentence of the voice (30 layers x 2 x C floats of KV
+# cache: 0.24 MB in float32 at C=1024), so the count is bounded: 512 frames is about 6 s of mel frames.
+MAX_COND_LATENT_FRAMES = 512
 
 
 @dataclass(frozen=True, eq=False)  # identity equality: the engine keys per-voice state on the object
 class VoiceLatents:
-    """GPT conditioning latents [1, 32, C] and the HiFi-GAN speaker embedding [1, D, 1]."""
+    """GPT conditioning latents [1, N, C] (N = 32 from XTTS v2's perceiver) and the HiFi-GAN speaker embedding
+    [1, D, 1]."""
 
     gpt_cond_latent: torch.Tensor
     speaker_embedding: torch.Tensor
@@ -42,16 +47,29 @@ def normalize_latents(
 ) -> VoiceLatents:
     """Accept latents squeezed or not (as any coqui server or saved file holds them) and return model shapes.
 
-    gpt_cond_latent: any nesting of 32 x latent_dim values ([32, C], [1, 32, C], flat);
+    gpt_cond_latent: N frames of latent_dim values, 1 <= N <= MAX_COND_LATENT_FRAMES ([N, C], [1, N, C], or
+    flat N * C values, as coqui's server reshapes them to (-1, C));
     speaker_embedding: any nesting of embedding_dim values ([D], [1, D], [D, 1], [1, D, 1]).
     """
     cond = _as_float_tensor(gpt_cond_latent, "gpt_cond_latent")
-    expected_cond = COND_LATENT_FRAMES * latent_dim
-    if cond.numel() != expected_cond or (cond.dim() >= 2 and cond.shape[-1] != latent_dim):
+    frames = cond.numel() // latent_dim
+    well_shaped = (
+        cond.numel() > 0
+        and cond.numel() % latent_dim == 0
+        and (cond.dim() <= 1 or cond.shape[-1] == latent_dim)
+        and all(size == 1 for size in cond.shape[:-2])
+    )
+    if not well_shaped:
         raise InvalidLatents(
-            f"gpt_cond_latent has shape {list(cond.shape)}; expected [{COND_LATENT_FRAMES}, {latent_dim}] "
-            f"(or [1, {COND_LATENT_FRAMES}, {latent_dim}])",
-            expected_shape=[COND_LATENT_FRAMES, latent_dim],
+            f"gpt_cond_latent has shape {list(cond.shape)}; expected [N, {latent_dim}] or [1, N, {latent_dim}] "
+            f"(N conditioning frames, {COND_LATENT_FRAMES} from XTTS v2's cloning)",
+            expected_shape=["N", latent_dim],
+            received_shape=list(cond.shape),
+        )
+    if frames > MAX_COND_LATENT_FRAMES:
+        raise InvalidLatents(
+            f"gpt_cond_latent has {frames} frames; at most {MAX_COND_LATENT_FRAMES} are accepted",
+            expected_shape=[f"N <= {MAX_COND_LATENT_FRAMES}", latent_dim],
             received_shape=list(cond.shape),
         )
     embedding = _as_float_tensor(speaker_embedding, "speaker_embedding")
@@ -63,7 +81,7 @@ def normalize_latents(
             received_shape=list(embedding.shape),
         )
     return VoiceLatents(
-        gpt_cond_latent=cond.reshape(1, COND_LATENT_FRAMES, latent_dim).contiguous(),
+        gpt_cond_latent=cond.reshape(1, frames, latent_dim).contiguous(),
         speaker_embedding=embedding.reshape(1, embedding_dim, 1).contiguous(),
     )
 
