@@ -85,6 +85,8 @@ class Settings(BaseSettings):
     """Finished stream sessions kept for /stream_status."""
     SESSION_HISTORY_TTL: float = Field(3600.0, gt=0)
     """Seconds a finished stream session stays visible in /stream_status."""
+    CORS_ALLOW_ORIGINS: str = ""
+    """Comma-separated origins whose web pages may call the server (e.g. `http://localhost:8000`); `*` for any."""
 
     @field_validator("CUSTOM_MODEL_PATH", "DUMMY_MODEL", "MAX_AUDIO_TOKENS", mode="before")
     @classmethod
@@ -96,6 +98,11 @@ class Settings(BaseSettings):
         """OPENAI_VOICE_MAP as a dict."""
         pairs = (item.split("=", 1) for item in self.OPENAI_VOICE_MAP.split(",") if "=" in item)
         return {name.strip().lower(): voice.strip() for name, voice in pairs if name.strip() and voice.strip()}
+
+    @property
+    def cors_allow_origins(self) -> list[str]:
+        """CORS_ALLOW_ORIGINS as a list, blanks and trailing slashes dropped (browsers send none)."""
+        return [origin.strip().rstrip("/") for origin in self.CORS_ALLOW_ORIGINS.split(",") if origin.strip()]
 
     @property
     def preload_voice_ids(self) -> list[str]:

@@ -15,6 +15,7 @@ import anyio
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
+from api.cors import allow_origins
 from api.errors import register_exception_handlers
 from api.observability import RequestCountMiddleware
 from api.routes import router
@@ -184,6 +185,7 @@ def create_app(
     app.include_router(router)
     app.add_middleware(UploadLimitMiddleware, limit_bytes=int(settings.MAX_UPLOAD_MB * 1_000_000))
     app.add_middleware(RequestCountMiddleware)
+    allow_origins(app, settings.cors_allow_origins)
     return app
 
 

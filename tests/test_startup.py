@@ -15,7 +15,7 @@ from main import batch_limits
 from services.engine.dummy_model import build_dummy_xtts, dummy_config
 from services.engine.model_loader import ModelChoice, load_model
 from services.errors import ModelUnavailable
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, Server, free_port
 
 
 def run_server_briefly(env: dict[str, str], timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
@@ -89,3 +89,10 @@ def test_the_batch_size_follows_the_admitted_requests_within_the_devices_cap() -
     assert limits() == (8, 10.0)  # MAX_CONCURRENT_REQUESTS=10, capped at 8 on a CPU
     assert limits(MAX_CONCURRENT_REQUESTS=3) == (3, 10.0)
     assert limits(MAX_BATCH_SIZE=12, STREAM_BUFFER_SECONDS=2.5) == (12, 2.5)
+
+
+def test_start_up_logs_no_truncation_warning(server: Server) -> None:
+    """The warm-up text packs under coqui's per-language character limit, so nothing warns at every start."""
+    log = server.log()
+    assert "warm-up generation took" in log
+    assert "character limit" not in log

@@ -120,8 +120,9 @@ class TTSEngine:
         Blocks: call it from a worker thread (it runs its own event loop to read the stream).
         """
         started = time.perf_counter()
-        # A long text, so the English sentence splitter loads now rather than in the first request.
-        sentences = plan_sentences(self.model.tokenizer, "Warm up. " * 40, "en", True, self.max_text_tokens)
+        # A long text, so the English sentence splitter loads now rather than in the first request; its
+        # pieces pack to 246 characters, under coqui's 250 (it warns of truncation above that).
+        sentences = plan_sentences(self.model.tokenizer, "Warm up the model. " * 40, "en", True, self.max_text_tokens)
         voice = next(iter(self.builtin_speakers.values()), None) or VoiceLatents(
             torch.zeros(1, 32, self.latent_dim, device=self.device),
             torch.zeros(1, self.embedding_dim, 1, device=self.device),
