@@ -71,12 +71,14 @@ def test_other_origins_get_no_cors_grant(allowed: TestClient, fake_client: TestC
     assert "access-control-allow-origin" not in answer.headers
     # default: no origin at all
     assert preflight(fake_client, "/tts_stream", "POST").status_code == 405
-    assert "access-control-allow-origin" not in fake_client.get("/health", headers={"Origin": "http://app.example"}).headers
+    plain = fake_client.get("/health", headers={"Origin": "http://app.example"})
+    assert "access-control-allow-origin" not in plain.headers
 
 
 def test_a_star_allows_any_origin_and_is_warned_about(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with app_client(FakeEngine(), app_settings(tmp_path, CORS_ALLOW_ORIGINS="*")) as client:
-        assert preflight(client, "/tts_stream", "POST", "http://any.example").headers["access-control-allow-origin"] == "*"
+        answer = preflight(client, "/tts_stream", "POST", "http://any.example")
+        assert answer.headers["access-control-allow-origin"] == "*"
     assert "CORS_ALLOW_ORIGINS=*" in caplog.text
 
 
@@ -86,13 +88,17 @@ window.speak = async (server) => {
   try {
     const response = await fetch(server + "/tts_stream", {
       method: "POST", headers: {"Content-Type": "application/json"},
-      body: JSON.stringify({text: "One sentence. And another one.", language: "en", speaker_id: "%s"}),
+      body: JSON.stringify({text: "One sentence. And another one.", language: "en", speaker_id: "SPEAKER"}),
     });
     result.status = response.status;
     result.session = response.headers.get("X-Session-ID");
     const reader = response.body.getReader();
     result.bytes = 0; result.reads = 0;
-    for (;;) { const {done, value} = await reader.read(); if (done) break; result.bytes += value.length; result.reads++; }
+    for (;;) {
+      const {done, value} = await reader.read();
+      if (done) break;
+      result.bytes += value.length; result.reads++;
+    }
     const saved = await fetch(server + "/save_voice/from-page", {method: "POST",
       headers: {"Content-Type": "application/json"},
       body: JSON.stringify({gpt_cond_latent: [[0.5]], speaker_embedding: [1]})});
@@ -100,7 +106,7 @@ window.speak = async (server) => {
   } catch (error) { result.error = String(error); }
   return result;
 };
-</script>""" % FAKE_SPEAKERS[0]
+</script>""".replace("SPEAKER", FAKE_SPEAKERS[0])
 
 
 @pytest.fixture(scope="module")
