@@ -1,4 +1,5 @@
-"""OpenAI's speech API: POST /v1/audio/speech and GET /v1/models, streaming like /tts_stream."""
+"""OpenAI's speech API: POST /v1/audio/speech (audio or server-sent events), GET /v1/models, and the voice and
+model lists Open WebUI and Kokoro-FastAPI clients read (GET /v1/audio/voices, /v1/audio/models)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import time
 import anyio
 from fastapi import APIRouter, Request, Response
 
-from api.deps import EngineDep, SettingsDep, SpeechDep
+from api.deps import EngineDep, SettingsDep, SpeechDep, VoicesDep
 from api.disconnect import open_admitted
-from api.responses import AudioStreamResponse, stream_headers
+from api.openai_sse import SpeechEventEncoder
+from api.responses import AudioStreamResponse, StreamEncoder, stream_headers
 from models.inputs import OPENAI_VOICES, OpenAISpeechRequest
 from services.encoders import AudioEncoder
 from services.errors import ModelNotFound
@@ -32,10 +34,40 @@ async def models() -> dict[str, object]:
     }
 
 
+@router.get("/audio/models", summary="Speech models, as Open WebUI reads them")
+async def audio_models() -> dict[str, object]:
+    return {"object": "list", "models": [{"id": model_id, "name": model_id} for model_id in MODEL_IDS]}
+
+
+@router.get("/audio/voices", summary="Voices, as Open WebUI and Kokoro-FastAPI clients read them")
+async def audio_voices(voices: VoicesDep, settings: SettingsDep, legacy: bool = False) -> dict[str, object]:
+    """Saved voices, built-in speakers, then the OpenAI voice names OPENAI_VOICE_MAP maps: `{"voices": [{"id",
+    "name"}]}` (Open WebUI's shape); `?legacy=true` gives Kokoro-FastAPI's older list of ids."""
+    entries = [
+        {"id": entry.voice_id, "name": entry.name, "object": "voice", "source": entry.source}
+        for entry in await voices.catalogue()
+    ]
+    entries += [
+        {"id": name, "name": name, "object": "voice", "source": "openai_voice_map"}
+        for name in settings.openai_voice_map
+    ]
+    if legacy:
+        return {"voices": [entry["id"] for entry in entries]}
+    return {"object": "list", "voices": entries}
+
+
 @router.post(
     "/audio/speech",
     response_class=Response,
-    responses={200: {"content": {media_type: {} for media_type in MEDIA_TYPES.values()}}},
+    responses={
+        200: {
+            "content": {
+                **{media_type: {} for media_type in MEDIA_TYPES.values()},
+                "text/event-stream": {"schema": {"type": "string"}},
+            },
+            "description": "The audio as it is made; with `stream_format: sse`, OpenAI's speech events.",
+        }
+    },
     summary="OpenAI-compatible speech, streamed as it is generated",
 )
 async def speech(
@@ -50,10 +82,13 @@ async def speech(
         language = await anyio.to_thread.run_sync(detect_language, body.input, settings.DEFAULT_LANGUAGE)
     builtin_names = sorted(engine.builtin_speakers)
     voice = _voice(body.voice, settings.openai_voice_map, settings.OPENAI_DEFAULT_VOICE, builtin_names)
-    job = SpeechJob(body.input, language, voice, SpeechOptions(speed=body.speed))
+    job = SpeechJob(body.input, language, voice, SpeechOptions(speed=body.speed, seed=body.seed))
     stream = await open_admitted(request, speech, job)
     headers = {**stream_headers(stream, encoder.sample_rate), "X-Language": language}
-    return AudioStreamResponse(stream, encoder, headers)
+    wire: StreamEncoder = encoder
+    if body.stream_format == "sse":
+        wire = SpeechEventEncoder(encoder, stream.token_usage)
+    return AudioStreamResponse(stream, wire, headers)
 
 
 def _voice(name: str, voice_map: dict[str, str], default: str, builtin_names: list[str]) -> str:

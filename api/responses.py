@@ -5,17 +5,32 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import anyio
 from fastapi.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from services.encoders import AudioEncoder
 from services.speech_stream import SpeechStream
 
 logger = logging.getLogger(__name__)
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class StreamEncoder(Protocol):
+    """Turns a stream's PCM into the bytes on the wire (an AudioEncoder, or a wrapper around one)."""
+
+    media_type: str
+
+    @property
+    def needs_thread(self) -> bool: ...
+
+    def start(self) -> bytes: ...
+
+    def encode(self, pcm: bytes) -> bytes: ...
+
+    def finish(self) -> bytes: ...
 
 
 def stream_headers(stream: SpeechStream, sample_rate: int) -> dict[str, str]:
@@ -32,7 +47,7 @@ class AudioStreamResponse(Response):
     its final chunk, so the client sees an incomplete body rather than a finished one.
     """
 
-    def __init__(self, stream: SpeechStream, encoder: AudioEncoder, headers: dict[str, str]) -> None:
+    def __init__(self, stream: SpeechStream, encoder: StreamEncoder, headers: dict[str, str]) -> None:
         super().__init__(content=b"", media_type=encoder.media_type, headers={**STREAM_HEADERS, **headers})
         del self.headers["content-length"]
         self.stream = stream

@@ -190,4 +190,14 @@ class OpenAISpeechRequest(BaseModel):
         None, description="Not in OpenAI's API: the text's language; detected from the text when left out."
     )
     instructions: str | None = Field(None, max_length=4096, description="Accepted and ignored (XTTS takes none).")
-    stream_format: Literal["audio"] = Field("audio", description="Only `audio` (raw bytes as they are made).")
+    seed: int | None = Field(
+        None,
+        ge=0,
+        le=2**63 - 1,
+        description="Not in OpenAI's API: seed for reproducible speech (the one used is in X-Seed).",
+    )
+    stream_format: Literal["audio", "sse"] = Field(
+        "audio",
+        description="`audio`: the file's bytes as they are made; `sse`: server-sent events, `speech.audio.delta` "
+        "(base64 of the same bytes) then `speech.audio.done` (token usage). Any model may stream either.",
+    )

@@ -104,6 +104,11 @@ class SpeechStream:
         """Everything planned was spoken and handed over (false after a cancel or before the end)."""
         return self._synthesis is not None and self._synthesis.complete
 
+    def token_usage(self) -> tuple[int, int]:
+        """(text tokens read, audio tokens generated) so far."""
+        synthesis = self._synthesis
+        return (synthesis.text_tokens, len(synthesis.audio_tokens)) if synthesis is not None else (0, 0)
+
     def add_timing(self, stage: str, seconds: float) -> None:
         """Time spent on this stream outside the engine (encoding, sending)."""
         self.session.add_timing(stage, seconds)

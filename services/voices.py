@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import anyio
 
@@ -26,6 +27,15 @@ class SavedVoice:
 
     record: VoiceRecord
     latents: VoiceLatents
+
+
+@dataclass(frozen=True)
+class VoiceEntry:
+    """A voice as clients list it: the id requests use, a display name, and where it comes from."""
+
+    voice_id: str
+    name: str
+    source: Literal["saved", "builtin"]
 
 
 class VoiceService:
@@ -90,6 +100,16 @@ class VoiceService:
 
     async def records(self) -> list[VoiceRecord]:
         return await anyio.to_thread.run_sync(self.store.records)
+
+    async def catalogue(self) -> list[VoiceEntry]:
+        """Every voice a request may name: saved voices (oldest first), then built-in speakers that no saved
+        voice shadows (a saved voice wins over a built-in speaker of the same name)."""
+        saved = await self.records()
+        saved_ids = {record.voice_id for record in saved}
+        builtin = sorted(name for name in self.engine.builtin_speakers if name not in saved_ids)
+        return [VoiceEntry(record.voice_id, record.name, "saved") for record in saved] + [
+            VoiceEntry(name, name, "builtin") for name in builtin
+        ]
 
     async def delete(self, voice_id: str) -> None:
         await anyio.to_thread.run_sync(self.store.delete, voice_id)

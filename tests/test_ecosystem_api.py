@@ -6,6 +6,8 @@ and errors; the format matrix and metrics run in-process with the fake engine.
 
 from __future__ import annotations
 
+import base64
+import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.audio_checks import ffprobe
+from tests.audio_checks import assert_pcm_wav, ffprobe
 from tests.conftest import BUILTIN_SPEAKER, SHARED_SETTINGS, LiveServer, Server, app_settings, live_server
 from tests.fakes import FakeEngine
 
@@ -181,3 +183,64 @@ def test_metrics_scrape_cleanly(fake_client: TestClient, caplog: pytest.LogCaptu
     assert next(iter(families["xtts_batch_steps"].samples)).value >= 1  # the streams above stepped
     assert next(iter(families["xtts_batch_streams"].samples)).value == 0  # and have all left the batch
     assert "outcome=completed" in caplog.text and "session=" in caplog.text
+
+
+def sse_events(lines: Iterator[str]) -> list[dict[str, object]]:
+    """Events as a client that reads `data:` lines parses them (what OpenAI's examples do)."""
+    return [json.loads(line[5:]) for line in lines if line.startswith("data:")]
+
+
+def test_openai_client_streams_server_sent_events(openai_client: openai.OpenAI, saved_voice: str) -> None:
+    arrivals: list[float] = []
+    started = time.perf_counter()
+    lines: list[str] = []
+    with openai_client.audio.speech.with_streaming_response.create(
+        model="gpt-4o-mini-tts", voice=saved_voice, input=TEXT, response_format="wav", stream_format="sse"
+    ) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            lines.append(line)
+            arrivals.append(time.perf_counter() - started)
+    events = sse_events(iter(lines))
+    assert [event["type"] for event in events[:-1]] == ["speech.audio.delta"] * (len(events) - 1)
+    done = events[-1]
+    assert done["type"] == "speech.audio.done"
+    usage = done["usage"]
+    assert isinstance(usage, dict) and usage["input_tokens"] > 0 and usage["output_tokens"] > 0
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+    wav = b"".join(base64.b64decode(str(event["audio"])) for event in events[:-1])
+    assert_pcm_wav(wav)
+    assert len(events) > 3 and arrivals[0] < arrivals[-1] / 2  # deltas came as the audio was made
+
+
+@pytest.mark.parametrize("response_format", ["wav", "mp3", "pcm"])
+def test_sse_deltas_join_into_the_same_bytes_as_the_audio_stream(
+    openai_fake: openai.OpenAI, response_format: str
+) -> None:
+    request = {"model": "tts-1", "voice": "alloy", "input": "Short one.", "response_format": response_format}
+    seed = {"extra_body": {"seed": 7}}  # our extension: the same seed makes the same audio
+    audio = openai_fake.audio.speech.create(**request, **seed).content  # type: ignore[arg-type]
+    with openai_fake.audio.speech.with_streaming_response.create(**request, **seed, stream_format="sse") as response:  # type: ignore[arg-type]
+        events = sse_events(response.iter_lines())
+    assert events[-1]["type"] == "speech.audio.done"
+    joined = b"".join(base64.b64decode(str(event["audio"])) for event in events[:-1])
+    assert joined == audio and len(audio) > 0
+
+
+def test_voice_and_model_lists_parse_as_open_webui_reads_them(fake_client: TestClient) -> None:
+    latents = fake_client.get("/studio_speakers").json()["Dummy Tenor"]
+    saved = fake_client.post("/save_voice/listed-voice", json={**latents, "name": "Listed", "overwrite": True})
+    assert saved.status_code == 201
+    data = fake_client.get("/v1/audio/voices").json()
+    # backend/open_webui/routers/audio.py: {voice["id"]: voice["name"] for voice in data.get("voices", [])}
+    available = {voice["id"]: voice["name"] for voice in data.get("voices", [])}
+    assert available["listed-voice"] == "Listed"
+    assert available[BUILTIN_SPEAKER] == BUILTIN_SPEAKER and "alloy" in available  # OPENAI_VOICE_MAP's names
+    legacy = fake_client.get("/v1/audio/voices", params={"legacy": "true"}).json()["voices"]
+    assert legacy == list(available)
+    models = fake_client.get("/v1/audio/models").json().get("models", [])
+    assert {"tts-1", "xtts-v2"} <= {model["id"] for model in models}
+    # every id listed can be spoken
+    for voice_id in ("listed-voice", BUILTIN_SPEAKER, "alloy"):
+        body = {"model": "tts-1", "voice": voice_id, "input": "Hi.", "response_format": "pcm"}
+        assert fake_client.post("/v1/audio/speech", json=body).status_code == 200

@@ -61,6 +61,11 @@ class SynthesisStream:
         return self._work.audio_tokens if self._work is not None else []
 
     @property
+    def text_tokens(self) -> int:
+        """Text tokens the GPT reads for this stream, every sentence together."""
+        return sum(int(sentence.tokens.shape[-1]) for sentence in self._sentences)
+
+    @property
     def complete(self) -> bool:
         """Every sentence has been spoken to its end and handed to the reader."""
         return self.sentences_done == len(self._sentences)
