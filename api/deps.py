@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from api.state import AppState, ModelServices, app_state
+from api.state import AppState, ModelServices, XttsApiState, app_state
 from config import Settings
 from services.admission import AdmissionGate
 from services.cache import SpeakerCache
@@ -65,6 +65,10 @@ def get_cache(state: StateDep) -> SpeakerCache:
     return state.cache
 
 
+def get_xtts_api(state: StateDep) -> XttsApiState:
+    return state.xtts_api
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[TTSEngine, Depends(get_engine)]
 SpeechDep = Annotated[SpeechService, Depends(get_speech)]
@@ -72,3 +76,4 @@ VoicesDep = Annotated[VoiceService, Depends(get_voices)]
 SessionsDep = Annotated[SessionRegistry, Depends(get_sessions)]
 GateDep = Annotated[AdmissionGate, Depends(get_gate)]
 CacheDep = Annotated[SpeakerCache, Depends(get_cache)]
+XttsApiDep = Annotated[XttsApiState, Depends(get_xtts_api)]

@@ -17,6 +17,7 @@ from services import errors
 logger = logging.getLogger(__name__)
 
 OPENAI_PREFIX = "/v1/"
+XTTS_API_PREFIX = "/xtts-api/"
 
 # Every ServiceError the server raises, by class; RetryLater's also carry Retry-After (headers_for).
 STATUS_BY_ERROR: dict[type[errors.ServiceError], int] = {
@@ -87,9 +88,10 @@ def error_response(
         kind = "invalid_request_error" if status < 500 else "server_error"
         body: dict[str, Any] = {"error": {"message": message, "type": kind, "param": param, "code": code}}
         return JSONResponse(body, status_code=status, headers=headers)
-    return JSONResponse(
-        jsonable_encoder(ErrorBody(error=code, message=message, details=details)), status_code=status, headers=headers
-    )
+    body = jsonable_encoder(ErrorBody(error=code, message=message, details=details))
+    if path.startswith(XTTS_API_PREFIX):
+        body["detail"] = message  # xtts-api-server's clients read FastAPI's default key
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def service_error_response(path: str, error: errors.ServiceError) -> JSONResponse:

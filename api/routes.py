@@ -2,8 +2,8 @@
 
 from fastapi import APIRouter
 
-from api import demo, observability, openai_compat, sessions, speech, system, voices
+from api import demo, observability, openai_compat, sessions, speech, system, voices, xtts_api_server
 
 router = APIRouter()
-for area in (speech, openai_compat, voices, sessions, system, observability, demo):
+for area in (speech, openai_compat, xtts_api_server, voices, sessions, system, observability, demo):
     router.include_router(area.router)

@@ -16,7 +16,7 @@ from api.responses import AudioStreamResponse, stream_headers
 from models.inputs import SpeechRequest
 from services.encoders import AudioEncoder, encode_whole
 from services.formats import MEDIA_TYPES
-from services.speech import GivenLatents, SpeechJob, SpeechOptions
+from services.speech import GivenLatents, SpeechJob, SpeechOptions, SpeechService
 from services.speech_stream import SpeechStream
 
 router = APIRouter(tags=["speech"])
@@ -85,16 +85,22 @@ async def tts(
 ) -> Response:
     """The complete WAV. With `Accept: application/json`, or when coqui's latents form is sent without
     asking for audio, the WAV comes as a base64 JSON string, as coqui's xtts-streaming-server answers."""
-    stream = await open_admitted(request, speech, speech_job(body))
-    async with stream:
-        pcm = await until_disconnected(
-            request, _collect(stream), on_disconnect=lambda: stream.cancel("client disconnected")
-        )
+    stream, pcm = await speak_whole(request, speech, speech_job(body))
     headers = stream_headers(stream, body.sample_rate)
     audio = await anyio.to_thread.run_sync(encode_whole, pcm, body.output_format, body.sample_rate)
     if body.output_format == "wav" and _wants_base64(accept, explicit_latents=body.speaker_id is None):
         return JSONResponse(base64.b64encode(audio).decode("ascii"), headers=headers)
     return Response(audio, media_type=MEDIA_TYPES[body.output_format], headers=headers)
+
+
+async def speak_whole(request: Request, speech: SpeechService, job: SpeechJob) -> tuple[SpeechStream, bytes]:
+    """All of a job's 16-bit PCM, once it is spoken; stops (and raises ClientDisconnected) if the client leaves."""
+    stream = await open_admitted(request, speech, job)
+    async with stream:
+        pcm = await until_disconnected(
+            request, _collect(stream), on_disconnect=lambda: stream.cancel("client disconnected")
+        )
+    return stream, pcm
 
 
 async def _collect(stream: SpeechStream) -> bytes:

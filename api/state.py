@@ -6,9 +6,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
+from cachetools import TTLCache
 from starlette.applications import Starlette
 
 from config import Settings
+from models.xtts_api import TtsSettings
 from services.admission import AdmissionGate
 from services.cache import SpeakerCache
 from services.engine.tts import TTSEngine
@@ -32,6 +34,15 @@ class ModelServices:
 
 
 @dataclass
+class XttsApiState:
+    """xtts-api-server's server-wide state: the generation settings its clients set (/set_tts_settings), and
+    the voice previews made for its /sample (kept 10 minutes: a re-saved voice's preview may lag that long)."""
+
+    tts_settings: TtsSettings = field(default_factory=TtsSettings)
+    previews: TTLCache[str, bytes] = field(default_factory=lambda: TTLCache(maxsize=64, ttl=600))
+
+
+@dataclass
 class AppState:
     """Everything the routes use; `model` is None until the model has loaded and warmed up."""
 
@@ -44,6 +55,7 @@ class AppState:
     status: ServerStatus = "loading"
     failure: str | None = None
     model: ModelServices | None = None
+    xtts_api: XttsApiState = field(default_factory=XttsApiState)
 
     def begin_draining(self) -> None:
         """Refuse new streams (503) while running ones finish."""
