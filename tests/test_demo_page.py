@@ -86,4 +86,5 @@ def test_cancel_from_the_page(browser_page: tuple[object, list[str]]) -> None:
         "window.demoState.lastStatus && window.demoState.lastStatus.state === 'cancelled'", timeout=10_000
     )
     assert "cancelled" in page.text_content("#status")  # type: ignore[attr-defined]
-    assert problems == []
+    # a cancelled stream ends without HTTP's final chunk (so it cannot pass for complete): Chromium says so
+    assert [problem for problem in problems if "ERR_INCOMPLETE_CHUNKED_ENCODING" not in problem] == []

@@ -171,7 +171,7 @@ def test_a_task_group_wrapping_the_failure_still_records_the_cause(tmp_path: Pat
         (SpeechJob("Hi.", "xx", "Dummy Alto"), UnsupportedLanguage),
         (job("a" * 201), InvalidInput),
         (job("   "), InvalidInput),
-        (job(voice=GivenLatents([[0.0] * 1024] * 31, [0.0] * 512)), InvalidLatents),
+        (job(voice=GivenLatents([[0.0] * 1000] * 31, [0.0] * 512)), InvalidLatents),
     ],
 )
 def test_a_job_that_cannot_be_served_is_refused_before_any_slot_or_model_work(
