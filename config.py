@@ -27,8 +27,8 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=True)
 
-    HOST: str = "0.0.0.0"
-    """Interface uvicorn binds to."""
+    HOST: str = "127.0.0.1"
+    """Interface uvicorn binds to: loopback by default; `0.0.0.0` for containers and the LAN (set API_KEYS)."""
     PORT: int = Field(8000, ge=1, le=65535)
     """TCP port uvicorn listens on."""
     DEBUG: bool = False
@@ -85,19 +85,54 @@ class Settings(BaseSettings):
     """Finished stream sessions kept for /stream_status."""
     SESSION_HISTORY_TTL: float = Field(3600.0, gt=0)
     """Seconds a finished stream session stays visible in /stream_status."""
+    API_KEYS: str = ""
+    """Comma-separated keys a request must carry (Authorization: Bearer or X-API-Key); empty: no keys needed."""
+    API_KEYS_FILE: Path | None = None
+    """A file of more keys, one per line (# comments)."""
+    ADMIN_API_KEYS: str = ""
+    """Comma-separated keys that may also delete and overwrite voices, clear the cache, and read or cancel anyone's
+    sessions."""
+    METRICS_NEED_KEY: bool = True
+    """With keys on, /metrics needs a key too."""
+    DOCS_NEED_KEY: bool = False
+    """With keys on, the Swagger UI and /openapi.json need a key too."""
+    HEADER_TIMEOUT: float = Field(10.0, gt=0, le=600)
+    """Seconds a client may take to send a request's line and headers; slower connections are closed."""
     CORS_ALLOW_ORIGINS: str = ""
     """Comma-separated origins whose web pages may call the server (e.g. `http://localhost:8000`); `*` for any."""
 
-    @field_validator("CUSTOM_MODEL_PATH", "DUMMY_MODEL", "MAX_AUDIO_TOKENS", mode="before")
+    @field_validator("CUSTOM_MODEL_PATH", "DUMMY_MODEL", "MAX_AUDIO_TOKENS", "API_KEYS_FILE", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("API_KEYS_FILE")
+    @classmethod
+    def _readable_keys_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError("not a readable file")
+        return value
 
     @property
     def openai_voice_map(self) -> dict[str, str]:
         """OPENAI_VOICE_MAP as a dict."""
         pairs = (item.split("=", 1) for item in self.OPENAI_VOICE_MAP.split(",") if "=" in item)
         return {name.strip().lower(): voice.strip() for name, voice in pairs if name.strip() and voice.strip()}
+
+    def api_keys(self) -> tuple[frozenset[str], frozenset[str]]:
+        """(keys that may call the API, of them the admin keys); both empty when keys are off.
+
+        Raises ValueError naming API_KEYS_FILE when it cannot be read (start-up stops there).
+        """
+        keys = {key.strip() for key in self.API_KEYS.split(",") if key.strip()}
+        admin = {key.strip() for key in self.ADMIN_API_KEYS.split(",") if key.strip()}
+        if self.API_KEYS_FILE is not None:
+            try:
+                lines = self.API_KEYS_FILE.read_text().splitlines()
+            except OSError as error:
+                raise ValueError(f"API_KEYS_FILE={self.API_KEYS_FILE}: {error.strerror}") from None
+            keys |= {line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")}
+        return frozenset(keys | admin), frozenset(admin)
 
     @property
     def cors_allow_origins(self) -> list[str]:

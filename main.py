@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -15,7 +16,8 @@ import anyio
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from api.cors import allow_origins
+from api.access import ApiKeyMiddleware, open_paths
+from api.cors import allow_origins, guard_writes
 from api.errors import register_exception_handlers
 from api.observability import RequestCountMiddleware
 from api.routes import router
@@ -183,10 +185,37 @@ def create_app(
     )
     register_exception_handlers(app)
     app.include_router(router)
+    # Outermost last: CORS (answers preflights) > request counting > origin guard > API keys > upload limit.
+    keys, admin_keys = settings.api_keys()
     app.add_middleware(UploadLimitMiddleware, limit_bytes=int(settings.MAX_UPLOAD_MB * 1_000_000))
+    app.add_middleware(
+        ApiKeyMiddleware,
+        keys=keys,
+        admin_keys=admin_keys,
+        is_open=open_paths(settings.METRICS_NEED_KEY, settings.DOCS_NEED_KEY),
+    )
+    guard_writes(app, settings.cors_allow_origins)
     app.add_middleware(RequestCountMiddleware)
     allow_origins(app, settings.cors_allow_origins)
+    _warn_if_exposed(settings, bool(keys))
     return app
+
+
+def _warn_if_exposed(settings: Settings, keys_on: bool) -> None:
+    if not keys_on and not _is_loopback(settings.HOST):
+        logger.warning(
+            "listening on %s with no API keys: anyone who can reach port %d can use the server and delete "
+            "its voices; set API_KEYS (see README, Security)", settings.HOST, settings.PORT,
+        )  # fmt: skip
+
+
+def _is_loopback(host: str) -> bool:
+    if host in {"localhost", ""}:
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _fail(state: AppState, message: str, request_exit: Callable[[], None]) -> None:

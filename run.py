@@ -2,14 +2,60 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Callable
 from types import FrameType
 
+import h11
 import uvicorn
 from pydantic import ValidationError
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from config import Settings, describe_settings_error
+
+
+class HeaderTimeoutH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, plus a deadline for a request's line and headers (HEADER_TIMEOUT).
+
+    uvicorn times out idle keep-alive connections, but not one that sends its headers a byte at a time
+    (slowloris): each would hold a connection and its memory forever. The clock starts when a connection
+    opens or a new request begins, and stops once h11 has the whole head.
+    """
+
+    header_timeout_s = 10.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_deadline: asyncio.TimerHandle | None = self.loop.call_later(
+            self.header_timeout_s, self._head_too_slow
+        )
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        waiting_for_head = self.conn.their_state is h11.IDLE
+        if not waiting_for_head and self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+        elif waiting_for_head and self._head_deadline is None and data:
+            # a kept-alive connection began its next request: its head gets the same deadline
+            self._head_deadline = self.loop.call_later(self.header_timeout_s, self._head_too_slow)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+        super().connection_lost(exc)
+
+    def _head_too_slow(self) -> None:
+        self._head_deadline = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.logger.info("closed a connection whose request head took over %.0f s", self.header_timeout_s)
+            self.transport.close()
+
+
+def protocol_with_header_timeout(seconds: float) -> type[H11Protocol]:
+    return type("HeaderTimeoutH11", (HeaderTimeoutH11Protocol,), {"header_timeout_s": seconds})
 
 
 class _DrainingServer(uvicorn.Server):
@@ -51,6 +97,7 @@ def main() -> int:
         port=settings.PORT,
         log_level="debug" if settings.DEBUG else "info",
         timeout_graceful_shutdown=int(settings.SHUTDOWN_TIMEOUT),
+        http=protocol_with_header_timeout(settings.HEADER_TIMEOUT),
     )
     server = _DrainingServer(config, begin_draining)
     server.run()

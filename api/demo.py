@@ -8,7 +8,9 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
-router = APIRouter(tags=["demo"])
+from api.errors import ERROR_RESPONSES
+
+router = APIRouter(tags=["demo"], responses=ERROR_RESPONSES)
 _PAGE = Path(__file__).parent / "static" / "demo.html"
 
 

@@ -6,15 +6,28 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from api.access import LOCAL_CALLER, Caller
 from api.state import AppState, ModelServices, XttsApiState, app_state
 from config import Settings
 from services.admission import AdmissionGate
 from services.cache import SpeakerCache
 from services.engine.tts import TTSEngine
-from services.errors import NotReady
+from services.errors import Forbidden, NotReady
 from services.sessions import SessionRegistry
 from services.speech import SpeechService
 from services.voices import VoiceService
+
+
+def get_caller(request: Request) -> Caller:
+    """Who calls (set by ApiKeyMiddleware); with keys off, a local caller who may do everything."""
+    caller: Caller = getattr(request.state, "caller", LOCAL_CALLER)
+    return caller
+
+
+def require_admin(caller: Caller, action: str) -> None:
+    """403 unless the caller may do admin actions (always, with keys off)."""
+    if not caller.admin:
+        raise Forbidden(f"{action} needs an admin key (ADMIN_API_KEYS)")
 
 
 def get_state(request: Request) -> AppState:
@@ -69,6 +82,7 @@ def get_xtts_api(state: StateDep) -> XttsApiState:
     return state.xtts_api
 
 
+CallerDep = Annotated[Caller, Depends(get_caller)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[TTSEngine, Depends(get_engine)]
 SpeechDep = Annotated[SpeechService, Depends(get_speech)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -24,6 +25,8 @@ STATUS_BY_ERROR: dict[type[errors.ServiceError], int] = {
     errors.InvalidInput: 400,
     errors.UnsupportedLanguage: 400,
     errors.InvalidAudio: 400,
+    errors.Unauthorized: 401,
+    errors.Forbidden: 403,
     errors.VoiceNotFound: 404,
     errors.ModelNotFound: 404,
     errors.SessionNotFound: 404,
@@ -51,17 +54,55 @@ class ErrorBody(BaseModel):
     details: Any = Field(None, description="Extra facts: expected shapes, limits, the failing fields.")
 
 
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody, "description": description}
-    for status, description in {
-        400: "Bad input (language, text, audio).",
-        404: "Unknown voice, speaker or session.",
-        409: "Conflict (voice exists, session id taken or finished).",
-        422: "Request fails validation (fields, ranges, ids, latent shapes).",
-        429: "Overloaded: retry after the Retry-After seconds.",
-        503: "Model loading or server shutting down.",
-    }.items()
+class XttsApiErrorBody(ErrorBody):
+    """Errors under /xtts-api: ours, plus the `detail` key xtts-api-server's clients read."""
+
+    detail: str = Field(description="The message again, where FastAPI's default puts it.")
+
+
+class OpenAIError(BaseModel):
+    message: str
+    type: str = Field(examples=["invalid_request_error"])
+    param: str | None = None
+    code: str | None = Field(None, examples=["voice_not_found"])
+
+
+class OpenAIErrorBody(BaseModel):
+    """Errors under /v1, in OpenAI's shape."""
+
+    error: OpenAIError
+
+
+_STATUS_MEANINGS = {
+    400: "Bad input (language, text, audio).",
+    401: "API keys are on and the request has none, or a wrong one (see WWW-Authenticate).",
+    403: "Not allowed: an admin key is needed, or a state-changing request came from a page on another origin.",
+    404: "Unknown voice, speaker, session or route.",
+    409: "Conflict (voice exists, session id taken or finished).",
+    413: "Request body over MAX_UPLOAD_MB.",
+    422: "Request fails validation (fields, ranges, ids, latent shapes, Unicode).",
+    429: "Overloaded: retry after the Retry-After seconds.",
+    500: "A fault of the server (its log has the details).",
+    503: "Model loading or server shutting down.",
 }
+
+
+def error_responses(model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": model, "description": meaning} for status, meaning in _STATUS_MEANINGS.items()}
+
+
+# Every status a route may answer, in the error shape of its API family (listed for every route of it).
+ERROR_RESPONSES = error_responses(ErrorBody)
+OPENAI_ERROR_RESPONSES = error_responses(OpenAIErrorBody)
+XTTS_API_ERROR_RESPONSES = error_responses(XttsApiErrorBody)
+
+
+class ErrorJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped: an error may quote the request, and a lone surrogate in it (valid in
+    JSON's \\u escapes, not in UTF-8) must not turn a 4xx into a 500 while rendering."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
 def status_for(error: errors.ServiceError) -> int:
@@ -74,6 +115,8 @@ def status_for(error: errors.ServiceError) -> int:
 def headers_for(error: errors.ServiceError) -> dict[str, str] | None:
     if isinstance(error, errors.RetryLater):
         return {"Retry-After": str(error.retry_after_s)}
+    if isinstance(error, errors.Unauthorized):
+        return {"WWW-Authenticate": 'Bearer realm="xtts-server"'}
     return None
 
 
@@ -87,11 +130,11 @@ def error_response(
             param = details[0].get("field")
         kind = "invalid_request_error" if status < 500 else "server_error"
         body: dict[str, Any] = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-        return JSONResponse(body, status_code=status, headers=headers)
+        return ErrorJSONResponse(body, status_code=status, headers=headers)
     body = jsonable_encoder(ErrorBody(error=code, message=message, details=details))
     if path.startswith(XTTS_API_PREFIX):
         body["detail"] = message  # xtts-api-server's clients read FastAPI's default key
-    return JSONResponse(body, status_code=status, headers=headers)
+    return ErrorJSONResponse(body, status_code=status, headers=headers)
 
 
 def service_error_response(path: str, error: errors.ServiceError) -> JSONResponse:

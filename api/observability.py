@@ -7,14 +7,19 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.deps import StateDep
+from api.errors import ERROR_RESPONSES
 from api.state import app_state
 
-router = APIRouter(tags=["server"])
+router = APIRouter(tags=["server"], responses=ERROR_RESPONSES)
 
 
 @router.get("/metrics", response_class=Response, summary="Prometheus metrics")
 async def metrics(state: StateDep) -> Response:
     return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+# Label values come from closed sets only: a client choosing the method or path must not add series.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class RequestCountMiddleware:
@@ -38,7 +43,8 @@ class RequestCountMiddleware:
             await self.app(scope, receive, recording_send)
         finally:
             route = scope.get("route")
-            path = getattr(route, "path", None) or "unmatched"
+            path = getattr(route, "path", None) or "unmatched"  # the route's template, never the raw path
+            method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
             state = app_state(scope["app"])
             if state is not None:
-                state.metrics.requests.labels(scope["method"], path, str(status)).inc()
+                state.metrics.requests.labels(method, path, str(status)).inc()

@@ -8,8 +8,9 @@ import time
 import anyio
 from fastapi import APIRouter, Request, Response
 
-from api.deps import EngineDep, SettingsDep, SpeechDep, VoicesDep
+from api.deps import CallerDep, EngineDep, SettingsDep, SpeechDep, VoicesDep
 from api.disconnect import open_admitted
+from api.errors import OPENAI_ERROR_RESPONSES
 from api.openai_sse import SpeechEventEncoder
 from api.responses import AudioStreamResponse, StreamEncoder, stream_headers
 from models.inputs import OPENAI_VOICES, OpenAISpeechRequest
@@ -19,7 +20,7 @@ from services.formats import MEDIA_TYPES
 from services.language import detect_language
 from services.speech import SpeechJob, SpeechOptions
 
-router = APIRouter(prefix="/v1", tags=["openai"])
+router = APIRouter(prefix="/v1", tags=["openai"], responses=OPENAI_ERROR_RESPONSES)
 MODEL_IDS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts", "xtts-v2")
 _CREATED = int(time.time())
 
@@ -71,7 +72,12 @@ async def audio_voices(voices: VoicesDep, settings: SettingsDep, legacy: bool = 
     summary="OpenAI-compatible speech, streamed as it is generated",
 )
 async def speech(
-    body: OpenAISpeechRequest, request: Request, speech: SpeechDep, engine: EngineDep, settings: SettingsDep
+    body: OpenAISpeechRequest,
+    request: Request,
+    speech: SpeechDep,
+    engine: EngineDep,
+    settings: SettingsDep,
+    caller: CallerDep,
 ) -> Response:
     """Errors come in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`."""
     if body.model not in MODEL_IDS:
@@ -82,7 +88,7 @@ async def speech(
         language = await anyio.to_thread.run_sync(detect_language, body.input, settings.DEFAULT_LANGUAGE)
     builtin_names = sorted(engine.builtin_speakers)
     voice = _voice(body.voice, settings.openai_voice_map, settings.OPENAI_DEFAULT_VOICE, builtin_names)
-    job = SpeechJob(body.input, language, voice, SpeechOptions(speed=body.speed, seed=body.seed))
+    job = SpeechJob(body.input, language, voice, SpeechOptions(speed=body.speed, seed=body.seed), owner=caller.key_id)
     stream = await open_admitted(request, speech, job)
     headers = {**stream_headers(stream, encoder.sample_rate), "X-Language": language}
     wire: StreamEncoder = encoder

@@ -7,12 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 from pydantic import BaseModel, Field
 
-from api.deps import SessionsDep
+from api.deps import CallerDep, SessionsDep
 from api.errors import ERROR_RESPONSES
 from services.ids import ID_PATTERN
 from services.sessions import StreamSession, StreamState
 
-router = APIRouter(tags=["sessions"])
+router = APIRouter(tags=["sessions"], responses=ERROR_RESPONSES)
 
 SessionId = Annotated[str, Path(pattern=ID_PATTERN, description="The X-Session-ID of a stream.")]
 
@@ -62,12 +62,14 @@ def _status(session: StreamSession) -> SessionStatus:
 
 
 @router.get("/stream_status/{session_id}", response_model=SessionStatus, responses=ERROR_RESPONSES)
-async def stream_status(sessions: SessionsDep, session_id: SessionId) -> SessionStatus:
-    """A stream's state and progress; finished sessions stay visible for SESSION_HISTORY_TTL seconds."""
-    return _status(sessions.get(session_id))
+async def stream_status(sessions: SessionsDep, session_id: SessionId, caller: CallerDep) -> SessionStatus:
+    """A stream's state and progress; finished sessions stay visible for SESSION_HISTORY_TTL seconds.
+    With keys on, only the key that started it (or an admin) sees it; to others it is 404."""
+    return _status(sessions.get(session_id, caller.key_id, caller.admin))
 
 
 @router.delete("/stream_cancel/{session_id}", response_model=SessionStatus, responses=ERROR_RESPONSES)
-async def stream_cancel(sessions: SessionsDep, session_id: SessionId) -> SessionStatus:
-    """Stop a live stream within one model chunk; its HTTP response ends and its slot frees. 409 if finished."""
-    return _status(sessions.cancel(session_id, "cancelled by request"))
+async def stream_cancel(sessions: SessionsDep, session_id: SessionId, caller: CallerDep) -> SessionStatus:
+    """Stop a live stream within one model chunk; its HTTP response ends and its slot frees. 409 if finished.
+    With keys on, only the key that started it (or an admin) may."""
+    return _status(sessions.cancel(session_id, "cancelled by request", caller.key_id, caller.admin))

@@ -9,7 +9,7 @@ import anyio
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response
 
-from api.deps import SpeechDep
+from api.deps import CallerDep, SpeechDep
 from api.disconnect import open_admitted, until_disconnected
 from api.errors import ERROR_RESPONSES
 from api.responses import AudioStreamResponse, stream_headers
@@ -19,13 +19,13 @@ from services.formats import MEDIA_TYPES
 from services.speech import GivenLatents, SpeechJob, SpeechOptions, SpeechService
 from services.speech_stream import SpeechStream
 
-router = APIRouter(tags=["speech"])
+router = APIRouter(tags=["speech"], responses=ERROR_RESPONSES)
 
 _AUDIO_CONTENT: dict[str, dict[str, Any]] = {media_type: {} for media_type in MEDIA_TYPES.values()}
 _WAV_RESPONSE = {"content": _AUDIO_CONTENT, "description": "WAV (16-bit mono, 24 kHz) or the output_format asked for."}
 
 
-def speech_job(body: SpeechRequest) -> SpeechJob:
+def speech_job(body: SpeechRequest, owner: str | None) -> SpeechJob:
     """What the speech service needs of a /tts or /tts_stream body."""
     voice: str | GivenLatents
     if body.speaker_id is not None:
@@ -43,7 +43,7 @@ def speech_job(body: SpeechRequest) -> SpeechJob:
         enable_text_splitting=body.enable_text_splitting,
         seed=body.seed,
     )
-    return SpeechJob(body.text, body.language, voice, options, body.session_id)
+    return SpeechJob(body.text, body.language, voice, options, body.session_id, owner)
 
 
 @router.post(
@@ -52,7 +52,7 @@ def speech_job(body: SpeechRequest) -> SpeechJob:
     responses={200: _WAV_RESPONSE, **ERROR_RESPONSES},
     summary="Stream speech as it is generated",
 )
-async def tts_stream(body: SpeechRequest, request: Request, speech: SpeechDep) -> Response:
+async def tts_stream(body: SpeechRequest, request: Request, speech: SpeechDep, caller: CallerDep) -> Response:
     """Answers with a WAV header at once, then 16-bit mono PCM at 24 kHz chunk by chunk
     (or MP3, Opus, AAC, FLAC, raw PCM, encoded as it goes, with `output_format`).
 
@@ -61,7 +61,7 @@ async def tts_stream(body: SpeechRequest, request: Request, speech: SpeechDep) -
     """
     output_format = "pcm" if body.output_format == "wav" and not body.add_wav_header else body.output_format
     encoder = AudioEncoder(output_format, body.sample_rate)
-    stream = await open_admitted(request, speech, speech_job(body))
+    stream = await open_admitted(request, speech, speech_job(body, caller.key_id))
     return AudioStreamResponse(stream, encoder, stream_headers(stream, body.sample_rate))
 
 
@@ -81,11 +81,12 @@ async def tts(
     body: SpeechRequest,
     request: Request,
     speech: SpeechDep,
+    caller: CallerDep,
     accept: Annotated[str | None, Header()] = None,
 ) -> Response:
     """The complete WAV. With `Accept: application/json`, or when coqui's latents form is sent without
     asking for audio, the WAV comes as a base64 JSON string, as coqui's xtts-streaming-server answers."""
-    stream, pcm = await speak_whole(request, speech, speech_job(body))
+    stream, pcm = await speak_whole(request, speech, speech_job(body, caller.key_id))
     headers = stream_headers(stream, body.sample_rate)
     audio = await anyio.to_thread.run_sync(encode_whole, pcm, body.output_format, body.sample_rate)
     if body.output_format == "wav" and _wants_base64(accept, explicit_latents=body.speaker_id is None):

@@ -35,11 +35,15 @@ class ModelServices:
 
 @dataclass
 class XttsApiState:
-    """xtts-api-server's server-wide state: the generation settings its clients set (/set_tts_settings), and
-    the voice previews made for its /sample (kept 10 minutes: a re-saved voice's preview may lag that long)."""
+    """xtts-api-server's state: the generation settings its clients set (/set_tts_settings; one set per API key,
+    so with keys on nobody changes another's), and the voice previews made for its /sample (kept 10 minutes: a
+    re-saved voice's preview may lag that long)."""
 
-    tts_settings: TtsSettings = field(default_factory=TtsSettings)
+    tts_settings: dict[str | None, TtsSettings] = field(default_factory=dict)
     previews: TTLCache[str, bytes] = field(default_factory=lambda: TTLCache(maxsize=64, ttl=600))
+
+    def settings_for(self, key_id: str | None) -> TtsSettings:
+        return self.tts_settings.get(key_id) or TtsSettings()
 
 
 @dataclass

@@ -9,9 +9,10 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from api.deps import EngineDep, ModelDep, StateDep
+from api.errors import ERROR_RESPONSES
 from api.state import ServerStatus
 
-router = APIRouter(tags=["server"])
+router = APIRouter(tags=["server"], responses=ERROR_RESPONSES)
 
 
 class ModelInfo(BaseModel):

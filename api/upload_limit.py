@@ -31,14 +31,30 @@ class UploadLimitMiddleware:
             response.headers["Connection"] = "close"
             return await response(scope, receive, send)
         received = 0
+        exceeded = False
 
         async def counted() -> Message:
-            nonlocal received
+            nonlocal received, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit_bytes:
+                    exceeded = True
                     raise self._too_large()
             return message
 
-        await self.app(scope, counted, send)
+        async def guarded_send(message: Message) -> None:
+            # Once the body overflowed, whatever the app makes of it (a form parser's 400 "error parsing
+            # the body", our own 413) is dropped: the 413 below is the answer.
+            if not exceeded:
+                await send(message)
+
+        try:
+            await self.app(scope, counted, guarded_send)
+        except Exception:
+            if not exceeded:
+                raise
+        if exceeded:  # a chunked upload (no Content-Length) that grew past the limit
+            response = service_error_response(scope["path"], self._too_large())
+            response.headers["Connection"] = "close"
+            await response(scope, receive, send)

@@ -8,14 +8,14 @@ from fastapi import APIRouter, Form, Path, UploadFile
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError
 
-from api.deps import CacheDep, VoicesDep
+from api.deps import CacheDep, CallerDep, VoicesDep, require_admin
 from api.errors import ERROR_RESPONSES
 from models.inputs import CloneOptions, SaveVoiceRequest
 from services.engine.cloning import CloneSettings
 from services.ids import ID_PATTERN
 from services.voice_store import VoiceRecord
 
-router = APIRouter(tags=["voices"])
+router = APIRouter(tags=["voices"], responses=ERROR_RESPONSES)
 
 VoiceId = Annotated[str, Path(pattern=ID_PATTERN, description="A saved voice's id.")]
 
@@ -71,6 +71,7 @@ def _parse_options(raw: str | None) -> CloneOptions:
 )
 async def clone_speaker(
     voices: VoicesDep,
+    caller: CallerDep,
     wav_file: Annotated[
         list[UploadFile],
         Form(description="Reference clips (WAV, FLAC, MP3, OGG/Opus, M4A, WebM); several make one voice."),
@@ -82,6 +83,8 @@ async def clone_speaker(
 ) -> Latents | SavedVoiceOut:
     """Clone a voice from reference audio: return its latents (coqui's form) or save it."""
     settings = _parse_options(options)
+    if settings.overwrite:
+        require_admin(caller, "overwriting a saved voice")
     uploads = [(upload.filename or f"file{index}", await upload.read()) for index, upload in enumerate(wav_file)]
     latents = await voices.clone(
         uploads,
@@ -103,8 +106,10 @@ async def clone_speaker(
 
 
 @router.post("/save_voice/{voice_id}", response_model=SavedVoiceOut, status_code=201, responses=ERROR_RESPONSES)
-async def save_voice(voice_id: VoiceId, body: SaveVoiceRequest, voices: VoicesDep) -> SavedVoiceOut:
-    """Save latents under an id; 409 if it exists unless `overwrite` is true."""
+async def save_voice(voice_id: VoiceId, body: SaveVoiceRequest, voices: VoicesDep, caller: CallerDep) -> SavedVoiceOut:
+    """Save latents under an id; 409 if it exists unless `overwrite` is true (an admin's action with keys on)."""
+    if body.overwrite:
+        require_admin(caller, "overwriting a saved voice")
     record = await voices.save_latents(
         voice_id, body.gpt_cond_latent, body.speaker_embedding, body.name or voice_id, body.description, body.overwrite
     )
@@ -125,8 +130,9 @@ async def saved_voice(voice_id: VoiceId, voices: VoicesDep) -> SavedVoiceWithLat
 
 
 @router.delete("/saved_voices/{voice_id}", responses=ERROR_RESPONSES)
-async def delete_voice(voice_id: VoiceId, voices: VoicesDep) -> dict[str, str]:
-    """Delete a saved voice (and drop it from the cache)."""
+async def delete_voice(voice_id: VoiceId, voices: VoicesDep, caller: CallerDep) -> dict[str, str]:
+    """Delete a saved voice (and drop it from the cache); an admin's action with keys on."""
+    require_admin(caller, "deleting a saved voice")
     await voices.delete(voice_id)
     return {"deleted": voice_id}
 
@@ -138,5 +144,7 @@ async def cache_stats(cache: CacheDep) -> CacheStatsOut:
 
 
 @router.post("/cache/clear", tags=["cache"])
-async def cache_clear(cache: CacheDep) -> dict[str, int]:
+async def cache_clear(cache: CacheDep, caller: CallerDep) -> dict[str, int]:
+    """Empty the latent cache; an admin's action with keys on."""
+    require_admin(caller, "clearing the cache")
     return {"cleared": cache.clear()}

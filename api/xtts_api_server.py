@@ -9,29 +9,33 @@ reads a file path from a request. Errors keep upstream's `detail` key next to ou
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import quote
 
 import anyio
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from api.deps import SpeechDep, VoicesDep, XttsApiDep
+from api.access import Caller
+from api.deps import CallerDep, SpeechDep, VoicesDep, XttsApiDep
 from api.disconnect import open_admitted
-from api.errors import ERROR_RESPONSES
+from api.errors import XTTS_API_ERROR_RESPONSES
 from api.responses import AudioStreamResponse, stream_headers
 from api.speech import speak_whole
-from models.inputs import Language
+from api.state import XttsApiState
+from models.inputs import Language, Text
 from models.xtts_api import LANGUAGE_NAMES, Speaker, SynthesisRequest, TtsSettings, TtsSettingsUpdate
 from services.encoders import AudioEncoder, encode_whole
 from services.errors import VoiceNotFound
 from services.speech import SpeechJob, SpeechOptions
 
 PREFIX = "/xtts-api"
-router = APIRouter(prefix=PREFIX, tags=["xtts-api-server"])
+router = APIRouter(prefix=PREFIX, tags=["xtts-api-server"], responses=XTTS_API_ERROR_RESPONSES)
 
 PREVIEW_TEXT = "Hello! This is how my voice sounds."
-_WAV = {200: {"content": {"audio/wav": {}}, "description": "16-bit mono WAV at 24 kHz."}, **ERROR_RESPONSES}
+_WAV: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"audio/wav": {}}, "description": "16-bit mono WAV at 24 kHz."}
+}
 
 
 def _voice_id(speaker_wav: str) -> str:
@@ -39,7 +43,8 @@ def _voice_id(speaker_wav: str) -> str:
     return name[:-4] if name.lower().endswith(".wav") else name
 
 
-def _job(text: str, speaker_wav: str, language: str, settings: TtsSettings) -> SpeechJob:
+def _job(text: str, speaker_wav: str, language: str, state: XttsApiState, caller: Caller) -> SpeechJob:
+    settings = state.settings_for(caller.key_id)
     options = SpeechOptions(
         temperature=settings.temperature,
         top_p=settings.top_p,
@@ -49,7 +54,7 @@ def _job(text: str, speaker_wav: str, language: str, settings: TtsSettings) -> S
         stream_chunk_size=settings.stream_chunk_size,
         enable_text_splitting=settings.enable_text_splitting,
     )
-    return SpeechJob(text, language, _voice_id(speaker_wav), options)
+    return SpeechJob(text, language, _voice_id(speaker_wav), options, owner=caller.key_id)
 
 
 @router.get("/speakers_list", summary="Voice names")
@@ -75,24 +80,26 @@ async def languages() -> dict[str, dict[str, str]]:
 
 
 @router.get("/get_tts_settings", summary="The server-wide generation settings")
-async def get_tts_settings(state: XttsApiDep) -> TtsSettings:
-    return state.tts_settings
+async def get_tts_settings(state: XttsApiDep, caller: CallerDep) -> TtsSettings:
+    return state.settings_for(caller.key_id)
 
 
-@router.post("/set_tts_settings", summary="Change the server-wide generation settings", responses=ERROR_RESPONSES)
-async def set_tts_settings(update: TtsSettingsUpdate, state: XttsApiDep) -> dict[str, str]:
-    """They apply to this API's speech routes (/tts_to_audio/, /tts_stream), not to coqui's or OpenAI's."""
+@router.post("/set_tts_settings", summary="Change the server-wide generation settings")
+async def set_tts_settings(update: TtsSettingsUpdate, state: XttsApiDep, caller: CallerDep) -> dict[str, str]:
+    """They apply to this API's speech routes (/tts_to_audio/, /tts_stream), not to coqui's or OpenAI's; with API
+    keys on, to the calling key's requests only."""
     changed = update.model_dump(exclude_none=True)
-    state.tts_settings = state.tts_settings.model_copy(update=changed)
+    state.tts_settings[caller.key_id] = state.settings_for(caller.key_id).model_copy(update=changed)
     return {"message": "Settings successfully applied"}
 
 
 @router.post("/tts_to_audio/", response_class=Response, responses=_WAV, summary="Speak, answer the whole WAV")
 @router.post("/tts_to_audio", response_class=Response, include_in_schema=False)
-async def tts_to_audio(body: SynthesisRequest, request: Request, speech: SpeechDep, state: XttsApiDep) -> Response:
-    stream, pcm = await speak_whole(
-        request, speech, _job(body.text, body.speaker_wav, body.language, state.tts_settings)
-    )
+async def tts_to_audio(
+    body: SynthesisRequest, request: Request, speech: SpeechDep, state: XttsApiDep, caller: CallerDep
+) -> Response:
+    job = _job(body.text, body.speaker_wav, body.language, state, caller)
+    stream, pcm = await speak_whole(request, speech, job)
     audio = await anyio.to_thread.run_sync(encode_whole, pcm, "wav", 24000)
     headers = {**stream_headers(stream, 24000), "Content-Disposition": 'attachment; filename="output.wav"'}
     return Response(audio, media_type="audio/wav", headers=headers)
@@ -104,12 +111,13 @@ async def tts_stream(
     request: Request,
     speech: SpeechDep,
     state: XttsApiDep,
-    text: Annotated[str, Query(min_length=1)],
-    speaker_wav: Annotated[str, Query(min_length=1, max_length=256)],
+    caller: CallerDep,
+    text: Annotated[Text, Query(min_length=1)],
+    speaker_wav: Annotated[Text, Query(min_length=1, max_length=256)],
     language: Annotated[Language, Query()],
 ) -> Response:
     """A WAV header at once, then 16-bit PCM as it is made: a browser can play it from `<audio src>`."""
-    stream = await open_admitted(request, speech, _job(text, speaker_wav, language, state.tts_settings))
+    stream = await open_admitted(request, speech, _job(text, speaker_wav, language, state, caller))
     return AudioStreamResponse(stream, AudioEncoder("wav"), stream_headers(stream, 24000))
 
 
@@ -120,14 +128,16 @@ async def tts_stream(
     summary="A voice's preview",
     name="xtts_api_sample",
 )
-async def sample(file_name: str, request: Request, speech: SpeechDep, voices: VoicesDep, state: XttsApiDep) -> Response:
+async def sample(
+    file_name: str, request: Request, speech: SpeechDep, voices: VoicesDep, state: XttsApiDep, caller: CallerDep
+) -> Response:
     """A short sentence in the voice, made on first request (through the queue like any speech) and kept."""
     voice_id = _voice_id(file_name)
     if voice_id not in {entry.voice_id for entry in await voices.catalogue()}:
         raise VoiceNotFound(f"no voice {voice_id!r}; see /xtts-api/speakers", voice=voice_id)
     audio = state.previews.get(voice_id)
     if audio is None:
-        job = SpeechJob(PREVIEW_TEXT, "en", voice_id, SpeechOptions(seed=0))
+        job = SpeechJob(PREVIEW_TEXT, "en", voice_id, SpeechOptions(seed=0), owner=caller.key_id)
         _, pcm = await speak_whole(request, speech, job)
         audio = state.previews[voice_id] = await anyio.to_thread.run_sync(encode_whole, pcm, "wav", 24000)
     return Response(audio, media_type="audio/wav")

@@ -33,10 +33,24 @@ def _normalise_language(value: str) -> str:
     return code
 
 
+def well_formed(value: str) -> str:
+    """Text that UTF-8 can hold: JSON may carry lone surrogates ("\\ud800"), which no tokenizer, file or log takes."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(f"text is not well-formed Unicode (a lone surrogate at character {error.start})") from None
+    return value
+
+
 def _not_blank(value: str) -> str:
+    well_formed(value)
     if not value.strip():
         raise ValueError("text is empty")
     return value
+
+
+# Free text stored or echoed (names, descriptions, instructions).
+Text = Annotated[str, AfterValidator(well_formed)]
 
 
 Language = Annotated[
@@ -90,7 +104,7 @@ class SpeechRequest(GenerationOptions):
         description="Text to speak (at most MAX_TEXT_LENGTH characters).", examples=["Hello world."]
     )
     language: Language
-    speaker_id: str | None = Field(
+    speaker_id: Text | None = Field(
         None,
         min_length=1,
         max_length=256,
@@ -141,8 +155,8 @@ class CloneOptions(BaseModel):
         "latents", description="`latents` returns {gpt_cond_latent, speaker_embedding}; `save` stores the voice."
     )
     save_id: ClientId | None = Field(None, description="Id to save under (required with `save`); " + ID_PATTERN)
-    name: str | None = Field(None, max_length=200, description="Display name (defaults to save_id).")
-    description: str = Field("", max_length=2000)
+    name: Text | None = Field(None, max_length=200, description="Display name (defaults to save_id).")
+    description: Text = Field("", max_length=2000)
     overwrite: bool = Field(False, description="Replace a saved voice with the same id instead of answering 409.")
     gpt_cond_len: int = Field(6, ge=1, le=60, description="Seconds of audio used for the GPT conditioning latents.")
     gpt_cond_chunk_len: int = Field(6, ge=1, le=60, description="Chunk seconds averaged for the GPT latents.")
@@ -164,8 +178,8 @@ class SaveVoiceRequest(BaseModel):
 
     gpt_cond_latent: NestedFloats = Field(description="N x 1024 floats (N = 32 from cloning, 1-512), squeezed or not.")
     speaker_embedding: NestedFloats = Field(description="512 floats, squeezed or not.")
-    name: str | None = Field(None, max_length=200)
-    description: str = Field("", max_length=2000)
+    name: Text | None = Field(None, max_length=200)
+    description: Text = Field("", max_length=2000)
     overwrite: bool = Field(False, description="Replace an existing voice with this id instead of answering 409.")
 
 
@@ -177,7 +191,7 @@ class OpenAISpeechRequest(BaseModel):
 
     model: str = Field("tts-1", description="Any id from /v1/models; all use the one XTTS model.")
     input: Annotated[str, AfterValidator(_not_blank)] = Field(description="Text to speak.")
-    voice: str = Field(
+    voice: Text = Field(
         min_length=1,
         max_length=256,
         description="A saved voice id, a built-in speaker, or an OpenAI voice name mapped by OPENAI_VOICE_MAP.",
@@ -189,7 +203,7 @@ class OpenAISpeechRequest(BaseModel):
     language: Language | None = Field(
         None, description="Not in OpenAI's API: the text's language; detected from the text when left out."
     )
-    instructions: str | None = Field(None, max_length=4096, description="Accepted and ignored (XTTS takes none).")
+    instructions: Text | None = Field(None, max_length=4096, description="Accepted and ignored (XTTS takes none).")
     seed: int | None = Field(
         None,
         ge=0,

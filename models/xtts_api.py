@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.inputs import Language
+from models.inputs import Language, Text
 
 # Upstream's /languages: English name -> code, in its order (Chinese is "zh-cn").
 LANGUAGE_NAMES = {
@@ -50,8 +50,8 @@ class SynthesisRequest(BaseModel):
     """POST /tts_to_audio/: what to say, the voice (`speaker_wav`: a saved voice or built-in speaker name,
     `.wav` optional) and the language code."""
 
-    text: str = Field(min_length=1, examples=["Hello world."])
-    speaker_wav: str = Field(min_length=1, max_length=256, examples=["my-voice"])
+    text: Text = Field(min_length=1, examples=["Hello world."])
+    speaker_wav: Text = Field(min_length=1, max_length=256, examples=["my-voice"])
     language: Language
 
 

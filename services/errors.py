@@ -99,6 +99,18 @@ class VoiceUnreadable(ServiceError):
     code = "voice_unreadable"
 
 
+class Unauthorized(ServiceError):
+    """API keys are on and the request carries none, or one that is not a key."""
+
+    code = "unauthorized"
+
+
+class Forbidden(ServiceError):
+    """The caller is known but may not do this (an admin's action, or a write from a foreign web page)."""
+
+    code = "forbidden"
+
+
 class RetryLater(ServiceError):
     """The request is fine but cannot be served now; `retry_after_s` says when to try again."""
 

@@ -63,6 +63,8 @@ class StreamSession:
     finished_at: float | None = None
     error: str | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
+    owner: str | None = None
+    """The API key (its id, never the key) that started it; None when keys are off."""
 
     @property
     def finished(self) -> bool:
@@ -90,33 +92,47 @@ class SessionRegistry:
         on_finish: list[Callable[[StreamSession], None]] | None = None,
     ) -> None:
         self._on_finish = on_finish or []
-        self._live: dict[str, LiveStream] = {}
-        self._finished: TTLCache[str, StreamSession] = TTLCache(maxsize=history_size, ttl=history_ttl_s)
+        # Keyed by (owner, id): with API keys on, each key has its own session ids, so nobody can squat
+        # or guess their way into another key's session.
+        self._live: dict[tuple[str | None, str], LiveStream] = {}
+        self._finished: TTLCache[tuple[str | None, str], StreamSession] = TTLCache(
+            maxsize=history_size, ttl=history_ttl_s
+        )
 
     def register(self, stream: LiveStream) -> None:
-        """Track a new stream; a session id already in use (live or in the history) is a conflict."""
-        session_id = stream.session.id
-        if session_id in self._live or session_id in self._finished:
-            raise SessionConflict(f"session id {session_id!r} is already in use", session_id=session_id)
-        self._live[session_id] = stream
+        """Track a new stream; a session id its owner already uses (live or in the history) is a conflict."""
+        key = (stream.session.owner, stream.session.id)
+        if key in self._live or key in self._finished:
+            raise SessionConflict(f"session id {key[1]!r} is already in use", session_id=key[1])
+        self._live[key] = stream
 
-    def get(self, session_id: str) -> StreamSession:
-        live = self._live.get(session_id)
-        session = live.session if live is not None else self._finished.get(session_id)
+    def get(self, session_id: str, owner: str | None = None, admin: bool = True) -> StreamSession:
+        """The caller's session; an admin may read anyone's. Others' sessions are as unknown as missing ones."""
+        key = self._key(session_id, owner, admin)
+        live = self._live.get(key)
+        session = live.session if live is not None else self._finished.get(key)
         if session is None:
             raise SessionNotFound(f"no stream session {session_id!r}", session_id=session_id)
         return session
 
-    def cancel(self, session_id: str, reason: str) -> StreamSession:
+    def cancel(self, session_id: str, reason: str, owner: str | None = None, admin: bool = True) -> StreamSession:
         """Ask a live stream to stop (it ends within one model chunk); a finished one is a conflict."""
-        live = self._live.get(session_id)
+        live = self._live.get(self._key(session_id, owner, admin))
         if live is None:
-            session = self.get(session_id)  # 404 if unknown
+            session = self.get(session_id, owner, admin)  # 404 if unknown (or not the caller's)
             raise SessionConflict(
                 f"session {session_id!r} has already finished ({session.state.value})", state=session.state.value
             )
         live.cancel(reason)
         return live.session
+
+    def _key(self, session_id: str, owner: str | None, admin: bool) -> tuple[str | None, str]:
+        key = (owner, session_id)
+        if admin and key not in self._live and key not in self._finished:
+            for other in (*self._live, *self._finished):
+                if other[1] == session_id:
+                    return other
+        return key
 
     def finish(self, session: StreamSession, state: StreamState, error: str | None = None) -> None:
         """Record the outcome (the stream calls this once) and move the session to the history."""
@@ -125,8 +141,8 @@ class SessionRegistry:
         session.state = state
         session.error = error
         session.finished_at = time.time()
-        self._live.pop(session.id, None)
-        self._finished[session.id] = session
+        self._live.pop((session.owner, session.id), None)
+        self._finished[(session.owner, session.id)] = session
         for listener in self._on_finish:
             listener(session)
 

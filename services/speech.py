@@ -50,6 +50,8 @@ class SpeechJob:
     options: SpeechOptions = field(default_factory=SpeechOptions)
     session_id: str | None = None
     """A client-proposed session id (already checked against the id pattern)."""
+    owner: str | None = None
+    """Who asks (an API key's id): only they, or an admin, may read or cancel the session."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,7 @@ class SpeechService:
             language=job.language,
             characters=len(job.text),
             chunks_total=len(sentences),
+            owner=job.owner,
         )
         session.add_timing("latents", latents_s)
         stream = SpeechStream(

@@ -15,6 +15,8 @@ WIRE_CODES = {
     errors.InvalidInput: ("invalid_input", 400),
     errors.UnsupportedLanguage: ("unsupported_language", 400),
     errors.InvalidAudio: ("invalid_audio", 400),
+    errors.Unauthorized: ("unauthorized", 401),
+    errors.Forbidden: ("forbidden", 403),
     errors.VoiceNotFound: ("voice_not_found", 404),
     errors.ModelNotFound: ("model_not_found", 404),
     errors.SessionNotFound: ("session_not_found", 404),
