@@ -41,8 +41,9 @@ def latents(client: TestClient, key: str = USER) -> dict[str, object]:
 def test_without_a_key_only_health_ready_and_docs_answer(keyed: TestClient) -> None:
     for path in ("/health", "/ready", "/", "/openapi.json"):
         assert keyed.get(path).status_code == 200, path
-    for method, path in (("POST", "/tts_stream"), ("GET", "/saved_voices"), ("GET", "/metrics"),
-                         ("GET", "/v1/models"), ("GET", "/xtts-api/speakers"), ("GET", "/stream_status/abc")):  # fmt: skip
+    closed = [("POST", "/tts_stream"), ("GET", "/saved_voices"), ("GET", "/metrics"), ("GET", "/v1/models"),
+              ("GET", "/xtts-api/speakers"), ("GET", "/stream_status/abc")]  # fmt: skip
+    for method, path in closed:
         answer = keyed.request(method, path, json=SPEECH)
         assert answer.status_code == 401, (method, path)
         assert answer.headers["www-authenticate"] == 'Bearer realm="xtts-server"'
@@ -63,14 +64,14 @@ def test_a_key_in_either_header_is_accepted(keyed: TestClient, headers: dict[str
 def test_deleting_overwriting_and_clearing_need_an_admin_key(keyed: TestClient) -> None:
     body = {**latents(keyed), "name": "Mine"}
     assert keyed.post("/save_voice/users-voice", json=body, headers=bearer(USER)).status_code == 201
-    for method, path, json in (
+    for method, path, payload in (
         ("DELETE", "/saved_voices/users-voice", None),
         ("POST", "/save_voice/users-voice", {**body, "overwrite": True}),
         ("POST", "/cache/clear", None),
     ):
-        refused = keyed.request(method, path, json=json, headers=bearer(USER))
+        refused = keyed.request(method, path, json=payload, headers=bearer(USER))
         assert refused.status_code == 403 and "admin" in refused.json()["message"], (method, path)
-        assert keyed.request(method, path, json=json, headers=bearer(ADMIN)).status_code in (200, 201)
+        assert keyed.request(method, path, json=payload, headers=bearer(ADMIN)).status_code in (200, 201)
     clone = keyed.post("/clone_speaker", files={"wav_file": ("a.wav", b"RIFF")},
                        data={"options": '{"response_format": "save", "save_id": "x", "overwrite": true}'},
                        headers=bearer(USER))  # fmt: skip
