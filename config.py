@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     """Characters one request's text may have."""
     MAX_UPLOAD_MB: float = Field(20.0, gt=0, le=1024)
     """Megabytes a cloning upload may have, all files together."""
+    MAX_CLONE_FILES: int = Field(10, ge=1, le=1000)
+    """Reference files one /clone_speaker request may send."""
+    MAX_CLONE_SECONDS: float = Field(300.0, gt=0, le=36000)
+    """Reference seconds one clone may decode: files x max_ref_length must stay within it."""
     STREAM_FIRST_CHUNK_TOKENS: int = Field(1, ge=1, le=200)
     """GPT tokens of audio in a sentence's first chunk (it also waits ~3 tokens of lookahead for seamless
     decoding); later chunks double up to stream_chunk_size."""

@@ -35,7 +35,7 @@ from services.sessions import SessionRegistry, log_session
 from services.speech import SpeechLimits, SpeechService
 from services.utils import configure_logging
 from services.voice_store import VoiceStore
-from services.voices import VoiceService
+from services.voices import CloneLimits, VoiceService
 
 logger = logging.getLogger("xtts_server")
 
@@ -112,7 +112,8 @@ async def _bring_up(state: AppState, engine: TTSEngine) -> None:
     store = VoiceStore(settings.VOICES_DIR, engine.latent_dim, engine.embedding_dim)
     if removed := await anyio.to_thread.run_sync(store.remove_leftovers):
         logger.warning("removed %d half-written voice files from %s", removed, settings.VOICES_DIR)
-    voices = VoiceService(engine, store, state.cache)
+    clone_limits = CloneLimits(settings.MAX_CLONE_FILES, settings.MAX_CLONE_SECONDS)
+    voices = VoiceService(engine, store, state.cache, state.gate, clone_limits)
     await voices.preload(settings.preload_voice_ids)
     limits = SpeechLimits(settings.MAX_TEXT_LENGTH, settings.STREAM_FIRST_CHUNK_TOKENS, settings.MAX_AUDIO_TOKENS)
     state.model = ModelServices(

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Path, UploadFile
+from fastapi import APIRouter, Form, Path, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError
 
 from api.deps import CacheDep, CallerDep, VoicesDep, require_admin
+from api.disconnect import until_disconnected
 from api.errors import ERROR_RESPONSES
 from models.inputs import CloneOptions, SaveVoiceRequest
 from services.engine.cloning import CloneSettings
@@ -70,6 +71,7 @@ def _parse_options(raw: str | None) -> CloneOptions:
     },
 )
 async def clone_speaker(
+    request: Request,
     voices: VoicesDep,
     caller: CallerDep,
     wav_file: Annotated[
@@ -86,16 +88,15 @@ async def clone_speaker(
     if settings.overwrite:
         require_admin(caller, "overwriting a saved voice")
     uploads = [(upload.filename or f"file{index}", await upload.read()) for index, upload in enumerate(wav_file)]
-    latents = await voices.clone(
-        uploads,
-        CloneSettings(
-            gpt_cond_len=settings.gpt_cond_len,
-            gpt_cond_chunk_len=settings.gpt_cond_chunk_len,
-            max_ref_length=settings.max_ref_length,
-            sound_norm_refs=settings.sound_norm_refs,
-            librosa_trim_db=settings.librosa_trim_db,
-        ),
+    clone_settings = CloneSettings(
+        gpt_cond_len=settings.gpt_cond_len,
+        gpt_cond_chunk_len=settings.gpt_cond_chunk_len,
+        max_ref_length=settings.max_ref_length,
+        sound_norm_refs=settings.sound_norm_refs,
+        librosa_trim_db=settings.librosa_trim_db,
     )
+    # a client that leaves stops the clone between its steps, queued or not
+    latents = await until_disconnected(request, voices.clone(uploads, clone_settings), on_disconnect=lambda: None)
     if settings.response_format == "latents":
         return Latents(**latents.as_lists())
     assert settings.save_id is not None

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from dataclasses import asdict, dataclass
 from typing import Literal
 
 import anyio
 
+from services.admission import AdmissionGate
 from services.audio_intake import check_usable, decode_reference
 from services.cache import SpeakerCache
 from services.engine.cloning import CloneSettings
 from services.engine.latents import LatentValues, VoiceLatents
 from services.engine.tts import TTSEngine
-from services.errors import VoiceNotFound
+from services.errors import InvalidInput, VoiceNotFound
 from services.ids import is_valid_id
 from services.voice_store import VoiceRecord, VoiceStore
 
@@ -38,6 +40,14 @@ class VoiceEntry:
     source: Literal["saved", "builtin"]
 
 
+@dataclass(frozen=True)
+class CloneLimits:
+    """How much reference audio one clone may bring (MAX_CLONE_FILES, MAX_CLONE_SECONDS)."""
+
+    max_files: int = 10
+    max_seconds: float = 300.0
+
+
 class VoiceService:
     """Resolves speaker ids and keeps saved voices and the cache consistent.
 
@@ -45,10 +55,19 @@ class VoiceService:
     the store refuses any other id before building a path.
     """
 
-    def __init__(self, engine: TTSEngine, store: VoiceStore, cache: SpeakerCache) -> None:
+    def __init__(
+        self,
+        engine: TTSEngine,
+        store: VoiceStore,
+        cache: SpeakerCache,
+        gate: AdmissionGate | None = None,
+        clone_limits: CloneLimits | None = None,
+    ) -> None:
         self.engine = engine
         self.store = store
         self.cache = cache
+        self.gate = gate
+        self.clone_limits = clone_limits or CloneLimits()
 
     async def resolve(self, speaker_id: str) -> VoiceLatents:
         """Latents on the model's device for a saved voice or, failing that, a built-in speaker."""
@@ -116,18 +135,43 @@ class VoiceService:
         self.cache.invalidate(voice_id)
 
     async def clone(self, uploads: list[tuple[str, bytes]], settings: CloneSettings) -> VoiceLatents:
-        """Latents from (filename, bytes) reference clips; the same clips and settings are computed once."""
+        """Latents from (filename, bytes) reference clips; the same clips and settings are computed once.
+
+        Bounded before any decoding (file count, and files x max_ref_length seconds), and admitted like
+        speech: it waits for a slot of the same gate (429 when the queue is full) and holds it while it
+        decodes and computes. Cancelling the caller's task (a client that left) stops it between steps.
+        """
+        limits = self.clone_limits
+        if len(uploads) > limits.max_files:
+            raise InvalidInput(
+                f"{len(uploads)} reference files; at most {limits.max_files} (MAX_CLONE_FILES)",
+                max_files=limits.max_files,
+            )
+        if len(uploads) * settings.max_ref_length > limits.max_seconds:
+            raise InvalidInput(
+                f"{len(uploads)} files of up to max_ref_length={settings.max_ref_length} s may hold more than "
+                f"MAX_CLONE_SECONDS ({limits.max_seconds:g} s) of reference audio; send fewer files or lower "
+                "max_ref_length",
+                max_seconds=limits.max_seconds,
+            )
         digest = hashlib.sha256(repr(sorted(asdict(settings).items())).encode())
         for _name, data in uploads:
             digest.update(hashlib.sha256(data).digest())
 
         async def compute() -> VoiceLatents:
-            clips = []
-            for name, data in uploads:
-                samples = await anyio.to_thread.run_sync(decode_reference, data, name, settings.max_ref_length)
-                check_usable(samples, name)
-                clips.append(samples)
-            return await self.engine.clone_voice(clips, settings)
+            if self.gate is not None:
+                await self.gate.acquire()
+            started = time.perf_counter()
+            try:
+                clips = []
+                for name, data in uploads:
+                    samples = await anyio.to_thread.run_sync(decode_reference, data, name, settings.max_ref_length)
+                    check_usable(samples, name)
+                    clips.append(samples)
+                return await self.engine.clone_voice(clips, settings)
+            finally:
+                if self.gate is not None:
+                    self.gate.release(time.perf_counter() - started)
 
         return await self.cache.get_or_load(f"clone:{digest.hexdigest()}", compute)
 

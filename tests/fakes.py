@@ -88,12 +88,15 @@ class FakeEngine:
         warm_up_s: float = 0.0,
         fail_at_chunk: int | None = None,
         limits: BatchLimits | None = None,
+        clone_delay_s: float = 0.0,
     ) -> None:
         self.chunks_per_sentence = chunks_per_sentence
         self.chunk_seconds = chunk_seconds
         self.chunk_delay_s = chunk_delay_s
         self.warm_up_s = warm_up_s
         self.fail_at_chunk = fail_at_chunk
+        self.clone_delay_s = clone_delay_s
+        self.clones_finished = 0
         self.chunks_made = 0
         self.batches: list[list[int | None]] = []
         """The seeds of the streams in each step's batch, step by step."""
@@ -131,7 +134,8 @@ class FakeEngine:
     async def clone_voice(self, clips: list[np.ndarray], settings: CloneSettings) -> VoiceLatents:
         self.clones += 1
         digest = hashlib.sha256(b"".join(clip.tobytes() for clip in clips)).digest()
-        await asyncio.sleep(0)
+        await asyncio.sleep(self.clone_delay_s)
+        self.clones_finished += 1
         return fake_latents(int.from_bytes(digest[:4], "little"))
 
     def warm_up(self) -> float:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from pathlib import Path
 
 import pytest
+import soundfile
 import torch
 import torch.nn.functional as F
 
+from services.engine.cloning import CloneSettings, conditioning_windows
 from services.engine.gpt_sampler import SamplingSettings, StepTimings, conditioning_prefix, sample_audio_latents
 from services.engine.latents import VoiceLatents
 from services.engine.model_loader import LoadedModel
@@ -232,3 +235,35 @@ async def _tokens_of(engine: TTSEngine, sentences: list, latents: VoiceLatents, 
         pass
     await stream.wait_idle()
     return list(stream.audio_tokens)
+
+
+@pytest.mark.parametrize("chunk_seconds", [6, 2])
+def test_cloning_in_steps_equals_coquis_get_conditioning_latents(
+    tiny_engine: TTSEngine, tmp_path: Path, chunk_seconds: int
+) -> None:
+    """The server clones in model-thread steps (a job per clip, per conditioning chunk) so running streams
+    wait at most one of them; the latents are coqui's all the same."""
+    model = tiny_engine.model
+    generator = torch.Generator().manual_seed(chunk_seconds)
+    clips = [(torch.randn(22050 * seconds, generator=generator) * 0.2).numpy().astype("float32") for seconds in (4, 5)]
+    paths = []
+    for index, clip in enumerate(clips):
+        path = tmp_path / f"ref{index}.wav"
+        soundfile.write(path, clip, 22050, subtype="FLOAT")
+        paths.append(str(path))
+    settings = CloneSettings(gpt_cond_len=6, gpt_cond_chunk_len=chunk_seconds)
+
+    ours = asyncio.run(tiny_engine.clone_voice(clips, settings))
+
+    def coquis() -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.inference_mode():
+            return model.get_conditioning_latents(  # type: ignore[no-any-return]
+                paths, gpt_cond_len=settings.gpt_cond_len, gpt_cond_chunk_len=settings.gpt_cond_chunk_len
+            )
+
+    cond, embedding = tiny_engine.submit(coquis).result()
+    assert ours.gpt_cond_latent.shape == cond.shape == (1, 32, 1024)
+    assert torch.allclose(ours.gpt_cond_latent, cond, atol=1e-5)
+    assert torch.allclose(ours.speaker_embedding, embedding, atol=1e-5)
+    windows = conditioning_windows(sum(clip.size for clip in clips), settings, perceiver=True)
+    assert len(windows) == 6 // chunk_seconds  # one model-thread job per window, and one per clip

@@ -7,13 +7,16 @@ import json
 import socket
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import BUILTIN_SPEAKER, app_client, app_settings, start_server
+from api.state import app_state
+from tests.audio_checks import make_clip
+from tests.conftest import BUILTIN_SPEAKER, LiveServer, app_client, app_settings, live_server, start_server, wait_for
 from tests.fakes import FakeEngine
 
 USER, OTHER, ADMIN = "user-key-0123456789", "other-key-0123456789", "admin-key-0123456789"
@@ -203,3 +206,93 @@ def test_a_slow_request_head_is_cut_off(tmp_path: Path) -> None:
     with server.client() as client:  # the server is fine, and a normal request still gets its answer
         assert client.get("/health").status_code == 200
     server.stop()
+
+
+# -- cloning is admitted and bounded like speech ------------------------------------------------------------
+
+
+def test_too_many_reference_files_or_seconds_are_refused_before_decoding(fake_client: TestClient) -> None:
+    engine = app_state(fake_client.app).model.engine  # type: ignore[arg-type,union-attr]
+    before = engine.clones
+    junk = [("wav_file", (f"f{index}.wav", b"not audio at all")) for index in range(11)]
+    many = fake_client.post("/clone_speaker", files=junk)
+    assert many.status_code == 400 and "MAX_CLONE_FILES" in many.json()["message"]  # not 415: nothing decoded
+    long = fake_client.post("/clone_speaker", files=junk[:5], data={"options": json.dumps({"max_ref_length": 120})})
+    assert long.status_code == 400 and "MAX_CLONE_SECONDS" in long.json()["message"]
+    assert engine.clones == before
+
+
+@pytest.fixture(scope="module")
+def one_slot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    engine = FakeEngine(clone_delay_s=3.0, chunks_per_sentence=8, chunk_delay_s=0.02)
+    settings = app_settings(tmp_path_factory.mktemp("one-slot"), MAX_CONCURRENT_REQUESTS=1, MAX_QUEUE_SIZE=0)
+    with live_server(engine, settings) as running:
+        yield running
+
+
+def clone_files(tmp_path: Path) -> dict[str, tuple[str, bytes]]:
+    return {"wav_file": ("voice.wav", make_clip(tmp_path, "wav").read_bytes())}
+
+
+def test_a_clone_takes_a_slot_and_a_full_server_answers_429(one_slot: LiveServer, tmp_path: Path) -> None:
+    files = clone_files(tmp_path)
+    with one_slot.client() as client, ThreadPoolExecutor(1) as pool:
+        cloning = pool.submit(client.post, "/clone_speaker", files=files)
+        wait_for(lambda: client.get("/health").json()["requests"]["in_flight"] == 1, what="clone admitted")
+        speech = client.post("/tts_stream", json=SPEECH)
+        assert speech.status_code == 429 and int(speech.headers["retry-after"]) >= 1
+        other_clone = client.post("/clone_speaker", files={"wav_file": ("b.wav", files["wav_file"][1] + b"\0\0")})
+        assert other_clone.status_code == 429
+        assert cloning.result(30).status_code == 200
+        assert client.get("/health").json()["requests"]["in_flight"] == 0
+
+
+def test_a_clone_whose_client_leaves_stops_and_frees_its_slot(one_slot: LiveServer, tmp_path: Path) -> None:
+    engine = one_slot.engine
+    assert isinstance(engine, FakeEngine)
+    finished = engine.clones_finished
+    data = clone_files(tmp_path)["wav_file"][1] + b"\0\0\0\0"  # other bytes: not a cached clone
+    boundary = "xb"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="wav_file"; filename="v.wav"\r\n'
+            "Content-Type: audio/wav\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    host, port = one_slot.url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    sock.sendall(
+        f"POST /clone_speaker HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    with one_slot.client() as client:
+        wait_for(lambda: client.get("/health").json()["requests"]["in_flight"] == 1, what="clone admitted")
+        sock.close()
+        left = time.monotonic()
+        wait_for(lambda: client.get("/health").json()["requests"]["in_flight"] == 0, what="slot freed")
+        assert time.monotonic() - left < 2.5  # before the 3 s clone would have finished
+    time.sleep(3.5)
+    assert engine.clones_finished == finished  # the clone was stopped, not left to run
+
+
+@pytest.mark.parametrize(
+    ("host", "keys", "warned"),
+    [("0.0.0.0", "", True), ("192.168.1.5", "", True), ("0.0.0.0", USER, False), ("127.0.0.1", "", False),
+     ("::1", "", False), ("localhost", "", False)],
+)  # fmt: skip
+def test_listening_beyond_loopback_without_keys_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, host: str, keys: str, warned: bool
+) -> None:
+    from main import create_app
+
+    create_app(app_settings(tmp_path, HOST=host, API_KEYS=keys), engine=FakeEngine())  # type: ignore[arg-type]
+    assert ("with no API keys" in caplog.text) is warned
+
+
+def test_the_default_bind_is_loopback() -> None:
+    from config import Settings
+
+    assert Settings(_env_file=None).HOST == "127.0.0.1"  # type: ignore[call-arg]

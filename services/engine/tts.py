@@ -16,7 +16,14 @@ import numpy as np
 import torch
 
 from services.engine.batch_decoder import GptBatchDecoder
-from services.engine.cloning import CloneSettings, compute_voice_latents
+from services.engine.cloning import (
+    CloneSettings,
+    combine,
+    conditioning_part,
+    conditioning_windows,
+    prepare_clip,
+    speaker_embedding,
+)
 from services.engine.gpt_sampler import PrefixKV, SamplingSettings, conditioning_prefix
 from services.engine.latents import LatentValues, VoiceLatents, normalize_latents
 from services.engine.model_loader import LoadedModel, ModelChoice, load_model
@@ -111,8 +118,18 @@ class TTSEngine:
         return SynthesisStream(self.scheduler, self.device, sentences, voice, params, cancel)
 
     async def clone_voice(self, clips: list[np.ndarray], settings: CloneSettings) -> VoiceLatents:
-        """Voice latents from reference clips (mono float at 22050 Hz), on the model thread."""
-        return await self.run(compute_voice_latents, self.model, clips, settings)
+        """Voice latents from reference clips (mono float at 22050 Hz), as coqui computes them.
+
+        The model work goes to the model thread as one job per clip (its speaker embedding) and per
+        conditioning chunk, so streams being decoded wait at most one such job between two of their
+        steps; cancelling the caller's task stops it between jobs.
+        """
+        prepared = [await anyio.to_thread.run_sync(prepare_clip, samples, settings) for samples in clips]
+        embeddings = [await self.run(speaker_embedding, self.model, clip) for clip in prepared]
+        joined = np.concatenate(prepared)
+        windows = conditioning_windows(joined.size, settings, bool(self.model.args.gpt_use_perceiver_resampler))
+        parts = [await self.run(conditioning_part, self.model, joined, window, settings) for window in windows]
+        return combine(parts, embeddings)
 
     def warm_up(self) -> float:
         """One short generation, so the first request pays no lazy initialisation. Returns seconds.
