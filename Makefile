@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: run test lint bench compare-precision system-deps browser-deps clean
+.PHONY: run test lint bench stress stress-short compare-precision system-deps browser-deps clean
 
 # Debian's ffmpeg decodes uploads and provides the libraries torchcodec loads.
 system-deps:
@@ -52,6 +52,14 @@ lint: $(VENV)/.dev
 
 bench: system-deps $(VENV)/.dev
 	$(PY) -m bench.run_bench
+
+# The server under load and attack on 127.0.0.1 (about 15 minutes): prints a table, writes bench/results/stress.json.
+stress: system-deps $(VENV)/.dev
+	$(PY) -m bench.stress
+
+# CI's quick version (a few minutes).
+stress-short: system-deps $(VENV)/.dev
+	$(PY) -m bench.stress --short --out bench/results/stress-short.json
 
 # Each precision's WAV and fidelity figures on your checkpoint: make compare-precision CUSTOM_MODEL_PATH=...
 TEXT ?=

@@ -69,7 +69,7 @@ def test_openai_client_streams_mp3_with_a_saved_voice(openai_client: openai.Open
             chunks.append((time.perf_counter() - started, len(chunk)))
     assert ffprobe(data)["streams"][0]["codec_name"] == "mp3"
     assert decoded_seconds(data) > 1.0
-    assert len(chunks) > 2 and chunks[0][0] < chunks[-1][0] / 2  # it streamed
+    assert len(chunks) > 2 and chunks[0][0] < chunks[-1][0] * 0.7  # it streamed: audio long before the end
 
 
 @pytest.mark.parametrize("response_format", ["mp3", "opus", "aac", "flac", "wav", "pcm"])
