@@ -100,6 +100,10 @@ class Settings(BaseSettings):
     """With keys on, /metrics needs a key too."""
     DOCS_NEED_KEY: bool = False
     """With keys on, the Swagger UI and /openapi.json need a key too."""
+    WS_IDLE_TIMEOUT: float = Field(60.0, gt=0, le=86400)
+    """Seconds a /v1/tts/ws socket may stay silent (no message, nothing being spoken) before it is closed."""
+    WS_MAX_WAIT_SECONDS: float = Field(1.5, gt=0, le=60)
+    """Seconds /v1/tts/ws lets text without sentence-final punctuation wait before speaking it anyway."""
     HEADER_TIMEOUT: float = Field(10.0, gt=0, le=600)
     """Seconds a client may take to send a request's line and headers; slower connections are closed."""
     CORS_ALLOW_ORIGINS: str = ""

@@ -65,7 +65,7 @@ class ApiKeyMiddleware:
         self.is_open = is_open
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in {"http", "websocket"}:
             return await self.app(scope, receive, send)
         state = scope.setdefault("state", {})
         if not self.keys:
@@ -74,8 +74,10 @@ class ApiKeyMiddleware:
         key = presented_key(dict(scope["headers"]))
         if key is not None and _matches(key.encode(), self.keys):
             state["caller"] = Caller(key_id=key_id(key), admin=_matches(key.encode(), self.admin_keys))
-        elif self.is_open(scope["path"]):
+        elif self.is_open(scope["path"]) and scope["type"] == "http":
             state["caller"] = Caller(key_id=None, admin=False)
+        elif scope["type"] == "websocket":  # refused before the handshake completes (the client sees 403)
+            return await send({"type": "websocket.close", "code": 1008, "reason": "API key needed"})
         else:
             message = "this server needs an API key: Authorization: Bearer <key>, or X-API-Key: <key>"
             if key is not None:

@@ -35,14 +35,19 @@ class OriginGuardMiddleware:
         self.origins = frozenset(origins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in SAFE_METHODS or self.any_origin:
+        # A WebSocket starts generation: a foreign page must not open one either (cross-site WebSocket hijacking).
+        websocket = scope["type"] == "websocket"
+        plain_read = scope["type"] == "http" and scope["method"] in SAFE_METHODS
+        if self.any_origin or plain_read or scope["type"] not in {"http", "websocket"}:
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
         origin = headers.get(b"origin", b"").decode("latin-1").strip()
         if not origin or origin in self.origins or self._same_origin(origin, headers):
             return await self.app(scope, receive, send)
+        if websocket:
+            return await send({"type": "websocket.close", "code": 1008, "reason": "origin not allowed"})
         refused = Forbidden(
-            f"a {scope['method']} from a page on {origin} is refused: add the origin to CORS_ALLOW_ORIGINS "
+            f"a {scope.get('method')} from a page on {origin} is refused: add the origin to CORS_ALLOW_ORIGINS "
             "to let that page change things here",
             origin=origin,
         )

@@ -286,6 +286,41 @@ def http_stream(url: str, text: str, seed: int) -> dict[str, Any]:
     return {"ttfa_s": first or 0.0, "total_s": total, "audio_s": (received - 44) / 48000, "stages_s": stages}
 
 
+def socket_first_audio(url: str, text: str, seed: int) -> float:
+    """/v1/tts/ws: seconds from the message that completes the first sentence to its first audio frame (the
+    text before it was sent earlier, as an LLM writes it)."""
+    from websockets.sync.client import connect
+
+    body = _speech_body(text, seed)
+    config = {"type": "config", "language": body["language"], "speaker_id": body["speaker_id"], "seed": seed,
+              "repetition_penalty": body["repetition_penalty"],
+              "output_format": "pcm"}  # fmt: skip
+    head, tail = text[:-1], text[-1:] + " And"  # the final punctuation arrives last, with the next word
+    with connect(url.replace("http://", "ws://") + "/v1/tts/ws", max_size=None) as socket:
+        socket.send(json.dumps(config))
+        socket.recv()
+        socket.send(json.dumps({"type": "text", "text": head}))
+        time.sleep(0.2)  # the head is buffered, waiting for its end
+        started = time.perf_counter()
+        socket.send(json.dumps({"type": "text", "text": tail}))
+        while not isinstance(socket.recv(), bytes):
+            pass
+        elapsed = time.perf_counter() - started
+        socket.send(json.dumps({"type": "clear"}))
+    return elapsed
+
+
+def http_first_audio(url: str, text: str, seed: int) -> float:
+    started = time.perf_counter()
+    received = 0
+    with httpx.stream("POST", f"{url}/tts_stream", json=_speech_body(text, seed), timeout=600) as response:
+        for chunk in response.iter_raw():
+            received += len(chunk)
+            if received > 44:
+                return time.perf_counter() - started
+    return time.perf_counter() - started
+
+
 class _ServerThread:
     """This server (create_app with the benchmark's own engine) in a thread, so HTTP and in-process
     figures come from one process, one model and one warm-up."""
@@ -351,6 +386,21 @@ def over_http(
         }
         ttfa["http_overhead_ms"] = (ttfa["http_s"] - ttfa["in_process_s"]) * 1000
         print(f"  http TTFA {ttfa['http_s']:.3f} s vs in-process {ttfa['in_process_s']:.3f} s", flush=True)
+        socket_runs, post_runs = [], []
+        one_sentence = "How can I help you with your question today?"  # the socket speaks sentence by sentence
+        for seed in range(1, ttfa_repeats + 1):  # alternating, same seeds and text, both clients in this process
+            socket_runs.append(socket_first_audio(url, one_sentence, seed))
+            post_runs.append(http_first_audio(url, one_sentence, seed))
+        ttfa["websocket"] = {
+            "socket_s": statistics.median(socket_runs),
+            "tts_stream_s": statistics.median(post_runs),
+            "difference_ms": (statistics.median(socket_runs) - statistics.median(post_runs)) * 1000,
+            "runs": ttfa_repeats,
+        }
+        print(
+            f"  websocket: first audio {ttfa['websocket']['socket_s']:.3f} s after the sentence's end vs "
+            f"/tts_stream {ttfa['websocket']['tts_stream_s']:.3f} s", flush=True,
+        )  # fmt: skip
         single = median_run([http_stream(url, text, seed) for seed in range(1, repeats + 1)])
         concurrency = {}
         for level in levels:
@@ -413,6 +463,12 @@ def print_tables(report: dict) -> None:
             f"whole stream {http['single']['total_s']:.2f} s"
         )
         print("  stages: " + "  ".join(f"{k}={v:.3f}" for k, v in http["single"]["stages_s"].items()))
+        if socket_ttfa := ttfa.get("websocket"):
+            print(
+                f"  /v1/tts/ws: first audio {socket_ttfa['socket_s']:.3f} s after the text that ends the first "
+                f"sentence vs {socket_ttfa['tts_stream_s']:.3f} s after POST /tts_stream "
+                f"({socket_ttfa['difference_ms']:+.0f} ms, median of {socket_ttfa['runs']})"
+            )
         for level, row in http["concurrency"].items():
             print(
                 f"  {level} concurrent: {row['audio_s_per_wall_s']:.2f} audio s per wall s, "

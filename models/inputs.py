@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import json
+from typing import Annotated, Literal, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from services.engine.languages import XTTS_LANGUAGES
 from services.engine.pcm import OUTPUT_SAMPLE_RATE
+from services.errors import InvalidInput
 from services.formats import OUTPUT_FORMATS, OutputFormat, format_problem
 from services.ids import ID_PATTERN
 
@@ -93,16 +95,9 @@ class GenerationOptions(BaseModel):
     )
 
 
-class SpeechRequest(GenerationOptions):
-    """Text to speak and whose voice: a `speaker_id`, or explicit latents as coqui's xtts-streaming-server sends."""
+class VoiceAndFormat(GenerationOptions):
+    """Whose voice, which language and output format: shared by /tts, /tts_stream and the WebSocket's config."""
 
-    model_config = ConfigDict(
-        json_schema_extra={"examples": [{"text": "Hello world.", "language": "en", "speaker_id": "my-voice"}]}
-    )
-
-    text: Annotated[str, AfterValidator(_not_blank)] = Field(
-        description="Text to speak (at most MAX_TEXT_LENGTH characters).", examples=["Hello world."]
-    )
     language: Language
     speaker_id: Text | None = Field(
         None,
@@ -117,12 +112,6 @@ class SpeechRequest(GenerationOptions):
     speaker_embedding: NestedFloats | None = Field(
         None, description="Speaker embedding, 512 floats (coqui's /clone_speaker output)."
     )
-    add_wav_header: bool = Field(
-        True, description="/tts_stream only: start with a WAV header; false sends bare 16-bit PCM."
-    )
-    session_id: ClientId | None = Field(
-        None, description="Propose the session id (else one is made; see /stream_status); a duplicate is 409."
-    )
     output_format: OutputFormat = Field(
         "wav", description="wav, pcm (16-bit little-endian mono), mp3, opus (in Ogg), aac (ADTS) or flac."
     )
@@ -131,19 +120,87 @@ class SpeechRequest(GenerationOptions):
     )
 
     @model_validator(mode="after")
-    def _format_and_rate(self) -> SpeechRequest:
+    def _format_and_rate(self) -> Self:
         if problem := format_problem(self.output_format, self.sample_rate):
             raise ValueError(problem)
         return self
 
     @model_validator(mode="after")
-    def _one_voice(self) -> SpeechRequest:
+    def _one_voice(self) -> Self:
         has_latents = self.gpt_cond_latent is not None or self.speaker_embedding is not None
         if self.speaker_id is not None and has_latents:
             raise ValueError("give either speaker_id or gpt_cond_latent with speaker_embedding, not both")
         if self.speaker_id is None and (self.gpt_cond_latent is None or self.speaker_embedding is None):
             raise ValueError("give speaker_id, or both gpt_cond_latent and speaker_embedding")
         return self
+
+
+class SpeechRequest(VoiceAndFormat):
+    """Text to speak and whose voice: a `speaker_id`, or explicit latents as coqui's xtts-streaming-server sends."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"text": "Hello world.", "language": "en", "speaker_id": "my-voice"}]}
+    )
+
+    text: Annotated[str, AfterValidator(_not_blank)] = Field(
+        description="Text to speak (at most MAX_TEXT_LENGTH characters).", examples=["Hello world."]
+    )
+    add_wav_header: bool = Field(
+        True, description="/tts_stream only: start with a WAV header; false sends bare 16-bit PCM."
+    )
+    session_id: ClientId | None = Field(
+        None, description="Propose the session id (else one is made; see /stream_status); a duplicate is 409."
+    )
+
+
+# -- /v1/tts/ws messages ----------------------------------------------------------------------------------------
+
+
+class SocketConfig(VoiceAndFormat):
+    """The WebSocket's first message: the voice, language, output format and generation settings of /tts_stream
+    (`output_format` defaults to pcm here: 16-bit mono, no header)."""
+
+    type: Literal["config"]
+    output_format: OutputFormat = Field("pcm", description="pcm, wav, mp3, opus, aac or flac; each segment whole.")
+
+
+class SocketText(BaseModel):
+    type: Literal["text"]
+    text: Annotated[str, AfterValidator(well_formed)]
+    context_id: ClientId | None = None
+
+
+class SocketControl(BaseModel):
+    type: Literal["flush", "clear"]
+    context_id: ClientId | None = None
+
+
+class SocketClose(BaseModel):
+    type: Literal["close"]
+
+
+SocketMessage = SocketConfig | SocketText | SocketControl | SocketClose
+_SOCKET_MESSAGES = TypeAdapter(Annotated[SocketMessage, Field(discriminator="type")])
+
+
+def parse_socket_message(raw: str) -> SocketMessage:
+    """A client frame as a message; raises InvalidInput (malformed JSON, unknown type, bad fields)."""
+    try:
+        data = json.loads(raw)
+    except ValueError as error:
+        raise InvalidInput(f"not JSON: {error}") from None
+    if not isinstance(data, dict) or "type" not in data:
+        raise InvalidInput('a message is a JSON object with a "type"')
+    if data["type"] not in {"config", "text", "flush", "clear", "close"}:
+        raise InvalidInput(f"unknown message type {data['type']!r}; use config, text, flush, clear or close")
+    try:
+        return _SOCKET_MESSAGES.validate_python(data)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in problem['loc'][1:]) or 'message'}: {problem['msg']}"
+            for problem in error.errors()[:5]
+        )
+        raise InvalidInput(f"bad {data['type']} message: {problems}") from None
 
 
 class CloneOptions(BaseModel):

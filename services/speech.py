@@ -119,6 +119,14 @@ class SpeechService:
         self.sessions.register(stream)
         return stream
 
+    async def check(self, job: SpeechJob) -> None:
+        """Raise the ServiceError `open` would for this job's language and voice, holding nothing."""
+        if job.language not in self.engine.languages:
+            raise UnsupportedLanguage(
+                f"this model does not speak {job.language!r}; it speaks {', '.join(self.engine.languages)}"
+            )
+        await self._voice(job.voice)
+
     async def _voice(self, voice: str | GivenLatents) -> tuple[VoiceLatents, str]:
         if isinstance(voice, str):
             return await self.voices.resolve(voice), voice

@@ -17,7 +17,14 @@ OURS = ("api", "models", "services", "main", "run", "config", "bench", "tests")
 ALLOWED = {
     "services.engine": ("services.engine", "services.errors"),
     "services": ("services",),
-    "models": ("models", "services.engine.languages", "services.engine.pcm", "services.formats", "services.ids"),
+    "models": (
+        "models",
+        "services.errors",
+        "services.engine.languages",
+        "services.engine.pcm",
+        "services.formats",
+        "services.ids",
+    ),
     "api": ("api", "models", "services", "config"),
 }
 LEAVES = ("services/errors.py", "services/ids.py", "services/engine/languages.py", "config.py")

@@ -23,7 +23,7 @@ class Sentence:
 
 
 @cache
-def _sentencizer(lang: str) -> Any:
+def sentencizer(lang: str) -> Any:
     # coqui's split_sentence builds a new spaCy pipeline per call (~0.1 s); build each language's once.
     nlp = get_spacy_lang(lang)
     nlp.add_pipe("sentencizer")
@@ -35,7 +35,7 @@ def split_sentences(text: str, lang: str, limit: int) -> list[str]:
     if len(text) < limit:
         return [text.lstrip()]
     pieces: list[str] = [""]
-    for sentence in (str(span) for span in _sentencizer(lang)(text).sents):
+    for sentence in (str(span) for span in sentencizer(lang)(text).sents):
         if len(pieces[-1]) + len(sentence) <= limit:
             pieces[-1] = (pieces[-1] + " " + sentence).lstrip()
         elif len(sentence) > limit:
