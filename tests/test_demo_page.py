@@ -88,3 +88,21 @@ def test_cancel_from_the_page(browser_page: tuple[object, list[str]]) -> None:
     assert "cancelled" in page.text_content("#status")  # type: ignore[attr-defined]
     # a cancelled stream ends without HTTP's final chunk (so it cannot pass for complete): Chromium says so
     assert [problem for problem in problems if "ERR_INCOMPLETE_CHUNKED_ENCODING" not in problem] == []
+
+
+def test_agent_mode_types_into_the_socket_and_plays_before_the_typing_ends(
+    browser_page: tuple[object, list[str]],
+) -> None:
+    page, problems = browser_page
+    page.fill("#text", "First sentence is short. " + LONG_TEXT)  # type: ignore[attr-defined]
+    page.fill("#words-per-second", "20")  # type: ignore[attr-defined]
+    page.click("#type-speak")  # type: ignore[attr-defined]
+    page.wait_for_function("window.socketState.firstAudioAt !== null", timeout=60_000)  # type: ignore[attr-defined]
+    state = page.evaluate("window.socketState")  # type: ignore[attr-defined]
+    assert state["typedAllAt"] is None  # audio played while the text was still being typed
+    page.click("#socket-stop")  # type: ignore[attr-defined]
+    page.wait_for_function("window.socketState.outcome !== null", timeout=10_000)  # type: ignore[attr-defined]
+    page.wait_for_function(  # type: ignore[attr-defined]
+        "window.socketState.events.some(event => event.type === 'cleared')", timeout=10_000
+    )
+    assert [problem for problem in problems if "ERR_INCOMPLETE_CHUNKED_ENCODING" not in problem] == []

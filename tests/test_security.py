@@ -296,3 +296,29 @@ def test_the_default_bind_is_loopback() -> None:
     from config import Settings
 
     assert Settings(_env_file=None).HOST == "127.0.0.1"  # type: ignore[call-arg]
+
+
+def test_a_websocket_needs_a_key_and_a_trusted_origin(tmp_path: Path) -> None:
+    import asyncio
+
+    import websockets
+
+    config = json.dumps({"type": "config", "language": "en", "speaker_id": BUILTIN_SPEAKER})
+
+    async def opens(url: str, **headers: str) -> bool:
+        try:
+            async with websockets.connect(url, additional_headers=headers) as socket:
+                await socket.send(config)
+                return json.loads(await socket.recv())["type"] == "ready"
+        except websockets.InvalidStatus as refused:
+            assert refused.response.status_code == 403
+            return False
+
+    settings = app_settings(tmp_path, API_KEYS=USER)
+    with live_server(FakeEngine(), settings) as server:
+        url = server.url.replace("http://", "ws://") + "/v1/tts/ws"
+        assert not asyncio.run(opens(url))
+        assert not asyncio.run(opens(url, Authorization="Bearer not-a-key"))
+        assert asyncio.run(opens(url, Authorization=f"Bearer {USER}"))
+        assert asyncio.run(opens(url, **{"X-API-Key": USER, "Origin": server.url}))  # its own page
+        assert not asyncio.run(opens(url, **{"X-API-Key": USER, "Origin": "http://evil.example"}))

@@ -61,7 +61,7 @@ class TextSegmenter:
         if not final and sentences and not _FINAL.search(self.buffer):
             keep = self._tail(sentences.pop())
         ready = [piece for sentence in sentences for piece in self._wrap(sentence)]
-        if keep and len(keep) >= self.max_chars:  # no punctuation for too long: cut at a word boundary
+        while len(keep) >= self.max_chars:  # no punctuation for too long: cut at a word boundary
             cut = keep.rfind(" ", 0, self.max_chars)
             cut = cut if cut > 0 else self.max_chars
             ready.append(keep[:cut].strip())
