@@ -1,4 +1,5 @@
 """TextSegmenter: text arriving in pieces, cut into sentences as soon as each completes (coqui's rules)."""
+# ruff: noqa: RUF001  (full-width CJK punctuation is the point here)
 
 from __future__ import annotations
 
