@@ -322,3 +322,14 @@ def test_a_websocket_needs_a_key_and_a_trusted_origin(tmp_path: Path) -> None:
         assert asyncio.run(opens(url, Authorization=f"Bearer {USER}"))
         assert asyncio.run(opens(url, **{"X-API-Key": USER, "Origin": server.url}))  # its own page
         assert not asyncio.run(opens(url, **{"X-API-Key": USER, "Origin": "http://evil.example"}))
+
+
+def test_every_operation_documents_the_statuses_it_can_answer(fake_client: TestClient) -> None:
+    """Clients generated from the OpenAPI document (and schemathesis in `make stress`) trust this list."""
+    paths = fake_client.get("/openapi.json").json()["paths"]
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            listed = set(operation["responses"])
+            assert {"401", "403", "404", "413", "422", "429", "500", "503"} <= listed, (method, path, listed)
+    speech = paths["/v1/audio/speech"]["post"]["responses"]
+    assert speech["400"]["content"]["application/json"]["schema"]["$ref"].endswith("OpenAIErrorBody")
