@@ -67,6 +67,15 @@ class VoiceStore:
     def exists(self, voice_id: str) -> bool:
         return self._path(voice_id).is_file()
 
+    def version(self, voice_id: str) -> tuple[int, int, int] | None:
+        """What identifies the file now (inode, size, mtime): every save renames a new file into place, so
+        this changes on each save, from this process or any other sharing the folder; None if there is none."""
+        try:
+            stat = self._path(voice_id).stat()
+        except FileNotFoundError:
+            return None
+        return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
     def save(self, voice_id: str, latents: VoiceLatents, name: str, description: str, overwrite: bool) -> VoiceRecord:
         """Write a voice: temporary file in the same folder, fsync, then rename (or link, to refuse overwrites)."""
         path = self._path(voice_id)

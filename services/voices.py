@@ -68,6 +68,7 @@ class VoiceService:
         self.cache = cache
         self.gate = gate
         self.clone_limits = clone_limits or CloneLimits()
+        self._versions: dict[str, tuple[int, int, int] | None] = {}  # of the file each cached voice came from
 
     async def resolve(self, speaker_id: str) -> VoiceLatents:
         """Latents on the model's device for a saved voice or, failing that, a built-in speaker."""
@@ -78,8 +79,19 @@ class VoiceService:
             if builtin is None:
                 raise not_found
             return builtin
-        if builtin is not None and not await anyio.to_thread.run_sync(self.store.exists, speaker_id):
-            return builtin
+        # A cheap check per request: the folder may be shared (replicas, another process) and a voice saved,
+        # overwritten or deleted there must not be served stale from this process's cache.
+        version = await anyio.to_thread.run_sync(self.store.version, speaker_id)
+        if self._versions.get(speaker_id) != version:
+            self.cache.invalidate(speaker_id)
+            if version is None:
+                self._versions.pop(speaker_id, None)  # only voices on disk are remembered: the dict stays bounded
+            else:
+                self._versions[speaker_id] = version
+        if version is None:
+            if builtin is not None:
+                return builtin
+            raise not_found
         try:
             return await self.cache.get_or_load(speaker_id, lambda: self._load_to_device(speaker_id))
         except VoiceNotFound:

@@ -13,7 +13,8 @@ from services.engine.latents import VoiceLatents
 from services.errors import InvalidVoiceId, VoiceExists, VoiceNotFound
 from services.voice_store import VoiceStore
 from services.voices import VoiceService
-from tests.fakes import FakeEngine
+from tests.conftest import app_client, app_settings
+from tests.fakes import FakeEngine, fake_latents
 
 
 def latents(seed: int = 0) -> VoiceLatents:
@@ -154,3 +155,36 @@ def test_concurrent_resolves_of_a_saved_voice_load_it_once(tmp_path: Path) -> No
             await service.resolve("saved-one")
 
     asyncio.run(main())
+
+
+def test_a_folder_shared_with_another_process_is_never_served_stale(tmp_path: Path) -> None:
+    """Replicas (or any two servers) sharing VOICES_DIR: a voice saved, overwritten or deleted by one is what the
+    other serves on its next request, though the other has it cached."""
+    here = VoiceService(FakeEngine(), VoiceStore(tmp_path, 1024, 512), SpeakerCache(10, 60))  # type: ignore[arg-type]
+    elsewhere = VoiceStore(tmp_path, 1024, 512)  # the other process's view of the same folder
+    first, second = fake_latents(1), fake_latents(2)
+    elsewhere.save("shared", first, "Shared", "", overwrite=False)
+    assert torch.equal(asyncio.run(here.resolve("shared")).gpt_cond_latent, first.gpt_cond_latent)
+    assert torch.equal(asyncio.run(here.resolve("shared")).gpt_cond_latent, first.gpt_cond_latent)  # cached
+    elsewhere.save("shared", second, "Shared", "", overwrite=True)
+    assert torch.equal(asyncio.run(here.resolve("shared")).gpt_cond_latent, second.gpt_cond_latent)
+    elsewhere.delete("shared")
+    with pytest.raises(VoiceNotFound):
+        asyncio.run(here.resolve("shared"))
+    for index in range(50):  # unknown ids leave nothing behind
+        with pytest.raises(VoiceNotFound):
+            asyncio.run(here.resolve(f"nobody-{index}"))
+    assert here._versions == {}
+
+
+def test_two_servers_on_one_voice_folder(tmp_path: Path) -> None:
+    speak = {"text": "Hi.", "language": "en", "speaker_id": "between-servers"}
+    with (
+        app_client(FakeEngine(), app_settings(tmp_path)) as one,
+        app_client(FakeEngine(), app_settings(tmp_path)) as two,
+    ):
+        latents = one.get("/studio_speakers").json()["Dummy Tenor"]
+        assert one.post("/save_voice/between-servers", json=latents).status_code == 201
+        assert two.post("/tts_stream", json=speak).status_code == 200  # saved through one, spoken by two
+        assert one.delete("/saved_voices/between-servers").status_code == 200
+        assert two.post("/tts_stream", json=speak).status_code == 404  # two had it cached
