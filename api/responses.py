@@ -38,6 +38,17 @@ def stream_headers(stream: SpeechStream, sample_rate: int) -> dict[str, str]:
     return {"X-Session-ID": stream.session.id, "X-Seed": str(stream.seed), "X-Sample-Rate": str(sample_rate)}
 
 
+async def encode_chunk(encoder: StreamEncoder, stream: SpeechStream, work: Callable[..., bytes], *args: bytes) -> bytes:
+    """`work(*args)` of `encoder`: FFmpeg encoders do real work, so off the event loop (not on the model
+    thread either), timed as the stream's `encode` stage; plain PCM and WAV inline."""
+    if not encoder.needs_thread:
+        return work(*args)
+    started = time.perf_counter()
+    encoded = await anyio.to_thread.run_sync(work, *args)
+    stream.add_timing("encode", time.perf_counter() - started)
+    return encoded
+
+
 class AudioStreamResponse(Response):
     """Sends an admitted SpeechStream as it is generated; stops generation when the client disconnects.
 
@@ -86,13 +97,7 @@ class AudioStreamResponse(Response):
             logger.error("session %s: stream ended early: %s: %s", stream.session.id, type(error).__name__, error)
 
     async def _encoded(self, work: Callable[..., bytes], *args: bytes) -> bytes:
-        # FFmpeg encoders do real work: off the event loop, but not on the model thread either.
-        if not self.encoder.needs_thread:
-            return work(*args)
-        started = time.perf_counter()
-        encoded = await anyio.to_thread.run_sync(work, *args)
-        self.stream.add_timing("encode", time.perf_counter() - started)
-        return encoded
+        return await encode_chunk(self.encoder, self.stream, work, *args)
 
     async def _send(self, send: Send, chunk: bytes) -> None:
         started = time.perf_counter()

@@ -13,7 +13,7 @@ from api.deps import CallerDep, SpeechDep
 from api.disconnect import open_admitted, until_disconnected
 from api.errors import ERROR_RESPONSES
 from api.responses import AudioStreamResponse, stream_headers
-from models.inputs import SpeechRequest
+from models.inputs import GenerationOptions, SpeechRequest, VoiceAndFormat
 from services.encoders import AudioEncoder, encode_whole
 from services.formats import MEDIA_TYPES
 from services.speech import GivenLatents, SpeechJob, SpeechOptions, SpeechService
@@ -25,15 +25,18 @@ _AUDIO_CONTENT: dict[str, dict[str, Any]] = {media_type: {} for media_type in ME
 _WAV_RESPONSE = {"content": _AUDIO_CONTENT, "description": "WAV (16-bit mono, 24 kHz) or the output_format asked for."}
 
 
-def speech_job(body: SpeechRequest, owner: str | None) -> SpeechJob:
-    """What the speech service needs of a /tts or /tts_stream body."""
-    voice: str | GivenLatents
+def voice_of(body: VoiceAndFormat) -> str | GivenLatents:
+    """The voice a body names: a speaker id, or the latents it carries."""
     if body.speaker_id is not None:
-        voice = body.speaker_id
-    else:  # the model's validator has made sure both are there
-        assert body.gpt_cond_latent is not None and body.speaker_embedding is not None
-        voice = GivenLatents(body.gpt_cond_latent, body.speaker_embedding)
-    options = SpeechOptions(
+        return body.speaker_id
+    # the model's validator has made sure both are there
+    assert body.gpt_cond_latent is not None and body.speaker_embedding is not None
+    return GivenLatents(body.gpt_cond_latent, body.speaker_embedding)
+
+
+def options_of(body: GenerationOptions, seed: int | None) -> SpeechOptions:
+    """How to speak, as a body asks (`seed` passed apart: a socket derives one per sentence)."""
+    return SpeechOptions(
         temperature=body.temperature,
         top_p=body.top_p,
         top_k=body.top_k,
@@ -41,9 +44,13 @@ def speech_job(body: SpeechRequest, owner: str | None) -> SpeechJob:
         speed=body.speed,
         stream_chunk_size=body.stream_chunk_size,
         enable_text_splitting=body.enable_text_splitting,
-        seed=body.seed,
+        seed=seed,
     )
-    return SpeechJob(body.text, body.language, voice, options, body.session_id, owner)
+
+
+def speech_job(body: SpeechRequest, owner: str | None) -> SpeechJob:
+    """What the speech service needs of a /tts or /tts_stream body."""
+    return SpeechJob(body.text, body.language, voice_of(body), options_of(body, body.seed), body.session_id, owner)
 
 
 @router.post(

@@ -31,13 +31,15 @@ import anyio
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from api.access import LOCAL_CALLER, Caller
+from api.responses import encode_chunk
+from api.speech import options_of, voice_of
 from api.state import app_state
 from models.inputs import SocketConfig, SocketMessage, parse_socket_message
 from services.encoders import AudioEncoder
 from services.engine.pcm import pcm_seconds
 from services.engine.text_segmenter import TextSegmenter
 from services.errors import ServiceError
-from services.speech import GivenLatents, SpeechJob, SpeechOptions, SpeechService
+from services.speech import SpeechJob, SpeechService
 from services.speech_stream import SpeechStream
 
 logger = logging.getLogger(__name__)
@@ -111,8 +113,7 @@ class Conversation:
                 await self.websocket.send_bytes(data)
 
     async def report(self, error: SocketError | ServiceError) -> None:
-        code = error.code
-        await self.send_event({"type": "error", "error": code, "message": error.message})
+        await self.send_event({"type": "error", "error": error.code, "message": error.message})
 
     # -- reading ----------------------------------------------------------------------------------------------
 
@@ -182,19 +183,11 @@ class Conversation:
 
     async def check_voice(self, config: SocketConfig) -> None:
         """Refuse an unknown voice or bad latents at config time, not at the first sentence."""
-        voice = config.speaker_id or "(latents)"
-        job = SpeechJob("Hi.", config.language, self.voice_of(config), SpeechOptions(), owner=self.caller.key_id)
         try:
-            await self.speech.check(job)
+            await self.speech.check_voice(config.language, voice_of(config))
         except ServiceError as error:
+            voice = config.speaker_id or "(latents)"
             raise SocketError(error.code, f"{error.message} (voice {voice})", POLICY_VIOLATION) from None
-
-    @staticmethod
-    def voice_of(config: SocketConfig) -> str | GivenLatents:
-        if config.speaker_id is not None:
-            return config.speaker_id
-        assert config.gpt_cond_latent is not None and config.speaker_embedding is not None
-        return GivenLatents(config.gpt_cond_latent, config.speaker_embedding)
 
     def context(self, context_id: str) -> Context:
         context = self.contexts.get(context_id)
@@ -238,30 +231,20 @@ class Conversation:
 
     def take_next(self) -> Segment | None:
         """The next segment in order: the head context's next sentence (later contexts wait their turn)."""
-        while self.order:
-            head = self.order[0]
-            if head.ready:
-                text = head.ready.popleft()
-                segment = Segment(head, head.segments_made, text)
-                head.segments_made += 1
-                return segment
-            if head.finishing and not head.segmenter.buffer.strip():
-                return None  # the speaker sends `done` for it once its last segment has played
-            return None
-        return None
+        if not self.order or not self.order[0].ready:
+            return None  # a finished head gets its `done` from `finish_head` once its last segment has played
+        head = self.order[0]
+        segment = Segment(head, head.segments_made, head.ready.popleft())
+        head.segments_made += 1
+        return segment
 
     def open(self, segment: Segment) -> None:
         """Start generating a segment now (it may play after the current one)."""
         config = self.config
         assert config is not None
-        options = SpeechOptions(
-            temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
-            repetition_penalty=config.repetition_penalty, speed=config.speed,
-            stream_chunk_size=config.stream_chunk_size, enable_text_splitting=True,
-            seed=None if config.seed is None else config.seed + segment.index,
-        )  # fmt: skip
+        options = options_of(config, None if config.seed is None else config.seed + segment.index)
         session_id = f"{self.socket_id}-{segment.context.context_id}-{segment.index}"[:64]
-        job = SpeechJob(segment.text, config.language, self.voice_of(config), options, session_id, self.caller.key_id)
+        job = SpeechJob(segment.text, config.language, voice_of(config), options, session_id, self.caller.key_id)
 
         async def opened() -> SpeechStream:
             stream = await self.speech.open(job)
@@ -333,19 +316,15 @@ class Conversation:
                 if context.cleared:
                     break
                 context.audio_seconds += pcm_seconds(len(pcm))
-                encoded = await self.encode(encoder.encode, pcm)
+                encoded = await encode_chunk(encoder, stream, encoder.encode, pcm)
                 await self.send_audio(encoded)
                 stream.count_sent(len(encoded))
             if stream.complete and not context.cleared:
-                await self.send_audio(await self.encode(encoder.finish))
+                await self.send_audio(await encode_chunk(encoder, stream, encoder.finish))
         end: dict[str, object] = {"type": "audio_end", "context_id": context.context_id, "segment": segment.index}
         if not stream.complete:
             end["interrupted"] = True
         await self.send_event(end)
-
-    @staticmethod
-    async def encode(work: object, *args: bytes) -> bytes:
-        return await anyio.to_thread.run_sync(work, *args)  # type: ignore[arg-type]
 
     async def stop(self, reason: str) -> None:
         """Stop generating and give back every slot this socket holds (the socket has ended)."""
@@ -392,35 +371,26 @@ async def tts_socket(websocket: WebSocket) -> None:
         async with anyio.create_task_group() as group:
 
             async def speak_then_stop() -> None:
-                await conversation.speak()
+                await conversation.speak()  # after `close`, it finishes what is left
                 group.cancel_scope.cancel()
 
-            async def read_until_closed() -> None:
-                await conversation.read()
-                # `close` received: the speaker finishes what is left, then ends the group
-
             group.start_soon(conversation.tick_forever)
-            group.start_soon(read_until_closed)
-            await wait_for_config(conversation)
+            group.start_soon(conversation.read)
+            await conversation.configured.wait()
             group.start_soon(speak_then_stop)
     except* WebSocketDisconnect:
         disconnected = True
     except* SocketError as errors:
         error = errors.exceptions[0]
         assert isinstance(error, SocketError)
-        await conversation.stop(f"socket error: {error.code}")
+        await conversation.stop(f"socket error: {error.code}")  # before the error event: no audio after it
         with contextlib.suppress(Exception):
             await conversation.report(error)
         close_code, reason = error.close_code or POLICY_VIOLATION, error.message[:120]
     except* Exception as errors:
         logger.error("socket %s failed: %r", conversation.socket_id, errors.exceptions[0])
-        await conversation.stop("server error")
         close_code, reason = INTERNAL_ERROR, "server error"
-    await conversation.stop("client disconnected" if disconnected else "socket closed")
+    await conversation.stop("client disconnected" if disconnected else "socket closed")  # idempotent
     if not disconnected:
         with contextlib.suppress(Exception):
             await websocket.close(code=close_code, reason=reason)
-
-
-async def wait_for_config(conversation: Conversation) -> None:
-    await conversation.configured.wait()

@@ -26,7 +26,6 @@ from api.state import XttsApiState
 from models.inputs import Language, Text
 from models.xtts_api import LANGUAGE_NAMES, Speaker, SynthesisRequest, TtsSettings, TtsSettingsUpdate
 from services.encoders import AudioEncoder, encode_whole
-from services.errors import VoiceNotFound
 from services.speech import SpeechJob, SpeechOptions
 
 PREFIX = "/xtts-api"
@@ -133,8 +132,7 @@ async def sample(
 ) -> Response:
     """A short sentence in the voice, made on first request (through the queue like any speech) and kept."""
     voice_id = _voice_id(file_name)
-    if voice_id not in {entry.voice_id for entry in await voices.catalogue()}:
-        raise VoiceNotFound(f"no voice {voice_id!r}; see /xtts-api/speakers", voice=voice_id)
+    await voices.resolve(voice_id)  # 404 for a voice that is gone, even with its preview kept
     audio = state.previews.get(voice_id)
     if audio is None:
         job = SpeechJob(PREVIEW_TEXT, "en", voice_id, SpeechOptions(seed=0), owner=caller.key_id)

@@ -85,10 +85,7 @@ class SpeechService:
 
         The caller then awaits `stream.admit()` for a slot and uses the stream with `async with`.
         """
-        if job.language not in self.engine.languages:
-            raise UnsupportedLanguage(
-                f"this model does not speak {job.language!r}; it speaks {', '.join(self.engine.languages)}"
-            )
+        self._check_language(job.language)
         if len(job.text) > self.limits.max_text_length:
             raise InvalidInput(
                 f"text has {len(job.text)} characters; MAX_TEXT_LENGTH is {self.limits.max_text_length}",
@@ -119,13 +116,16 @@ class SpeechService:
         self.sessions.register(stream)
         return stream
 
-    async def check(self, job: SpeechJob) -> None:
-        """Raise the ServiceError `open` would for this job's language and voice, holding nothing."""
-        if job.language not in self.engine.languages:
+    async def check_voice(self, language: str, voice: str | GivenLatents) -> None:
+        """Raise the ServiceError `open` would for this language and voice, holding nothing."""
+        self._check_language(language)
+        await self._voice(voice)
+
+    def _check_language(self, language: str) -> None:
+        if language not in self.engine.languages:
             raise UnsupportedLanguage(
-                f"this model does not speak {job.language!r}; it speaks {', '.join(self.engine.languages)}"
+                f"this model does not speak {language!r}; it speaks {', '.join(self.engine.languages)}"
             )
-        await self._voice(job.voice)
 
     async def _voice(self, voice: str | GivenLatents) -> tuple[VoiceLatents, str]:
         if isinstance(voice, str):
