@@ -172,6 +172,10 @@ def create_app(
                 await starting
             for stream in state.sessions.live():
                 stream.cancel("server shutting down")
+            # Streams whose response task uvicorn cancelled close in the background: let them record their
+            # outcome (and log it) while the model thread can still let go of them.
+            if not await state.sessions.wait_all_finished(timeout_s=5.0):
+                logger.warning("shutting down with %d streams still open", len(state.sessions.live()))
             if owned_engine is not None:
                 await anyio.to_thread.run_sync(owned_engine.shutdown)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -148,3 +149,10 @@ class SessionRegistry:
 
     def live(self) -> list[LiveStream]:
         return list(self._live.values())
+
+    async def wait_all_finished(self, timeout_s: float) -> bool:
+        """Wait (bounded) until every live stream has recorded its outcome; False if some had not."""
+        deadline = time.monotonic() + timeout_s
+        while self._live and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return not self._live
