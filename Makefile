@@ -48,7 +48,7 @@ test: system-deps browser-deps $(VENV)/.dev
 lint: $(VENV)/.dev
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy services models api main.py run.py config.py
+	$(PY) -m mypy services models api cluster main.py run.py config.py
 
 bench: system-deps $(VENV)/.dev
 	$(PY) -m bench.run_bench

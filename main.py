@@ -19,7 +19,7 @@ from fastapi_offline import FastAPIOffline
 from api.access import ApiKeyMiddleware, open_paths
 from api.cors import allow_origins, guard_writes
 from api.errors import register_exception_handlers
-from api.observability import RequestCountMiddleware
+from api.observability import ReplicaHeaderMiddleware, RequestCountMiddleware
 from api.routes import router
 from api.state import AppState, ModelServices, attach
 from api.upload_limit import UploadLimitMiddleware
@@ -31,6 +31,7 @@ from services.engine.scheduler import BatchLimits
 from services.engine.tts import TTSEngine
 from services.errors import ModelUnavailable
 from services.metrics import LiveFigures, Metrics
+from services.peers import NO_PEERS, LocalAnswers, Peers, SessionDirectory
 from services.sessions import SessionRegistry, log_session
 from services.speech import SpeechLimits, SpeechService
 from services.utils import configure_logging
@@ -46,14 +47,20 @@ then 16-bit mono PCM at 24 kHz chunk by chunk. Errors are JSON: `{"error", "mess
 """
 
 
-def _build_state(settings: Settings) -> AppState:
+def _build_state(settings: Settings, peers: Peers) -> AppState:
     gate = AdmissionGate(settings.MAX_CONCURRENT_REQUESTS, settings.MAX_QUEUE_SIZE, settings.QUEUE_TIMEOUT)
     cache = SpeakerCache(settings.SPEAKER_CACHE_MAX_SIZE, settings.SPEAKER_CACHE_TTL)
-    metrics = Metrics(_live_figures(gate, cache))
+    metrics = Metrics(_live_figures(gate, cache), replica=peers.replica)
     sessions = SessionRegistry(
-        settings.SESSION_HISTORY_SIZE, settings.SESSION_HISTORY_TTL, on_finish=[log_session, metrics.observe_session]
+        settings.SESSION_HISTORY_SIZE,
+        settings.SESSION_HISTORY_TTL,
+        on_finish=[log_session, metrics.observe_session],
+        replica=peers.replica,
     )
-    return AppState(settings=settings, gate=gate, cache=cache, sessions=sessions, metrics=metrics)
+    return AppState(
+        settings=settings, gate=gate, cache=cache, sessions=sessions, metrics=metrics, peers=peers,
+        directory=SessionDirectory(sessions, peers),
+    )  # fmt: skip
 
 
 def _live_figures(gate: AdmissionGate, cache: SpeakerCache) -> LiveFigures:
@@ -135,15 +142,19 @@ def create_app(
     settings: Settings | None = None,
     engine: TTSEngine | None = None,
     request_exit: Callable[[], None] = _default_exit,
+    peers: Peers = NO_PEERS,
+    wait_for_model: bool = False,
 ) -> FastAPI:
     """The app. The lifespan loads the model, or uses `engine` as given (and then leaves it running:
-    its owner shuts it down). `request_exit` is called when start-up fails."""
+    its owner shuts it down). `request_exit` is called when start-up fails. As one replica of several
+    (cluster/), `peers` reaches the others, and `wait_for_model` holds the lifespan's start-up until the
+    model is ready (or raises), so the router sends this replica nothing before it can serve."""
     settings = settings or get_settings()
     configure_logging(settings.DEBUG)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = _build_state(settings)
+        state = _build_state(settings, peers)
         attach(app, state)
         owned_engine: TTSEngine | None = None  # shut down here; an engine passed in belongs to its caller
 
@@ -163,6 +174,12 @@ def create_app(
                 _fail(state, f"Start-up failed: {type(error).__name__}: {error}", request_exit)
 
         starting = asyncio.create_task(bring_up())
+        await peers.start(LocalAnswers(state.sessions, state.metrics.render))
+        if wait_for_model:
+            await starting
+            if state.status != "ready":
+                await peers.stop()
+                raise RuntimeError(state.failure or "start-up failed")
         try:
             yield
         finally:
@@ -176,6 +193,7 @@ def create_app(
             # outcome (and log it) while the model thread can still let go of them.
             if not await state.sessions.wait_all_finished(timeout_s=5.0):
                 logger.warning("shutting down with %d streams still open", len(state.sessions.live()))
+            await peers.stop()
             if owned_engine is not None:
                 await anyio.to_thread.run_sync(owned_engine.shutdown)
 
@@ -190,7 +208,8 @@ def create_app(
     )
     register_exception_handlers(app)
     app.include_router(router)
-    # Outermost last: CORS (answers preflights) > request counting > origin guard > API keys > upload limit.
+    # Outermost last: CORS (answers preflights) > replica header (cluster only) > request counting > origin guard
+    # > API keys > upload limit.
     keys, admin_keys = settings.api_keys()
     app.add_middleware(UploadLimitMiddleware, limit_bytes=int(settings.MAX_UPLOAD_MB * 1_000_000))
     app.add_middleware(
@@ -201,6 +220,8 @@ def create_app(
     )
     guard_writes(app, settings.cors_allow_origins)
     app.add_middleware(RequestCountMiddleware)
+    if peers.replica is not None:
+        app.add_middleware(ReplicaHeaderMiddleware, replica=peers.replica)
     allow_origins(app, settings.cors_allow_origins)
     _warn_if_exposed(settings, bool(keys))
     return app

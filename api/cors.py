@@ -19,8 +19,11 @@ from services.errors import Forbidden
 
 logger = logging.getLogger(__name__)
 
-# Response headers a page's script may read: what the speech routes say about a stream, and 429's wait.
-EXPOSED_HEADERS = ["X-Session-ID", "X-Seed", "X-Sample-Rate", "X-Language", "Retry-After", "Content-Disposition"]
+# Response headers a page's script may read: what the speech routes say about a stream, 429's wait, and
+# which replica answered (cluster/).
+EXPOSED_HEADERS = [
+    "X-Session-ID", "X-Seed", "X-Sample-Rate", "X-Language", "Retry-After", "Content-Disposition", "X-Replica",
+]  # fmt: skip
 
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

@@ -13,7 +13,7 @@ from services.admission import AdmissionGate
 from services.cache import SpeakerCache
 from services.engine.tts import TTSEngine
 from services.errors import Forbidden, NotReady
-from services.sessions import SessionRegistry
+from services.peers import SessionDirectory
 from services.speech import SpeechService
 from services.voices import VoiceService
 
@@ -66,8 +66,9 @@ def get_voices(model: ModelDep) -> VoiceService:
     return model.voices
 
 
-def get_sessions(state: StateDep) -> SessionRegistry:
-    return state.sessions
+def get_sessions(state: StateDep) -> SessionDirectory:
+    """Sessions of this process, or of another replica when the server runs as several."""
+    return state.directory
 
 
 def get_gate(state: StateDep) -> AdmissionGate:
@@ -87,7 +88,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[TTSEngine, Depends(get_engine)]
 SpeechDep = Annotated[SpeechService, Depends(get_speech)]
 VoicesDep = Annotated[VoiceService, Depends(get_voices)]
-SessionsDep = Annotated[SessionRegistry, Depends(get_sessions)]
+SessionsDep = Annotated[SessionDirectory, Depends(get_sessions)]
 GateDep = Annotated[AdmissionGate, Depends(get_gate)]
 CacheDep = Annotated[SpeakerCache, Depends(get_cache)]
 XttsApiDep = Annotated[XttsApiState, Depends(get_xtts_api)]

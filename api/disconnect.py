@@ -17,8 +17,9 @@ T = TypeVar("T")
 
 
 async def _disconnected(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
+    with contextlib.suppress(Exception):  # how some servers say the client went: Ray Serve cancels the request
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
 
 
 async def until_disconnected(request: Request, work: Coroutine[Any, Any, T], on_disconnect: Callable[[], None]) -> T:

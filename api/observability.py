@@ -15,7 +15,10 @@ router = APIRouter(tags=["server"], responses=ERROR_RESPONSES)
 
 @router.get("/metrics", response_class=Response, summary="Prometheus metrics")
 async def metrics(state: StateDep) -> Response:
-    return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    """As one replica of several, every series has a `replica` label and the other replicas' series come
+    with this one's, so one scrape through the router sees them all."""
+    peer_texts = [text for text in await state.peers.ask("metrics", ()) if isinstance(text, str)]
+    return Response(state.metrics.render(peer_texts), media_type=CONTENT_TYPE_LATEST)
 
 
 # Label values come from closed sets only: a client choosing the method or path must not add series.
@@ -48,3 +51,22 @@ class RequestCountMiddleware:
             state = app_state(scope["app"])
             if state is not None:
                 state.metrics.requests.labels(method, path, str(status)).inc()
+
+
+class ReplicaHeaderMiddleware:
+    """As one replica of several: every response says which replica answered (X-Replica)."""
+
+    def __init__(self, app: ASGIApp, replica: str) -> None:
+        self.app = app
+        self.header = (b"x-replica", replica.encode())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def labelled_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), self.header]}
+            await send(message)
+
+        await self.app(scope, receive, labelled_send)

@@ -70,7 +70,10 @@ class AudioStreamResponse(Response):
             async with stream, anyio.create_task_group() as group:
 
                 async def watch_disconnect() -> None:
-                    while (await receive())["type"] != "http.disconnect":
+                    try:
+                        while (await receive())["type"] != "http.disconnect":
+                            pass
+                    except Exception:  # how some servers say the client went: Ray Serve cancels the request
                         pass
                     stream.cancel("client disconnected")
                     group.cancel_scope.cancel()

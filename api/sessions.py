@@ -33,6 +33,7 @@ class SessionStatus(BaseModel):
     finished_at: float | None
     time_to_first_audio_s: float | None
     error: str | None
+    replica: str | None = Field(description="The replica that runs it, when the server runs as several.")
     timings_s: dict[str, float] = Field(
         description="Seconds per stage: queue, latents, prefill, gpt_steps, vocoder, encode, send."
     )
@@ -57,6 +58,7 @@ def _status(session: StreamSession) -> SessionStatus:
             round(session.first_audio_at - session.created_at, 4) if session.first_audio_at else None
         ),
         error=session.error,
+        replica=session.replica,
         timings_s={stage: round(seconds, 4) for stage, seconds in session.timings_s.items()},
     )
 
@@ -65,11 +67,12 @@ def _status(session: StreamSession) -> SessionStatus:
 async def stream_status(sessions: SessionsDep, session_id: SessionId, caller: CallerDep) -> SessionStatus:
     """A stream's state and progress; finished sessions stay visible for SESSION_HISTORY_TTL seconds.
     With keys on, only the key that started it (or an admin) sees it; to others it is 404."""
-    return _status(sessions.get(session_id, caller.key_id, caller.admin))
+    return _status(await sessions.get(session_id, caller.key_id, caller.admin))
 
 
 @router.delete("/stream_cancel/{session_id}", response_model=SessionStatus, responses=ERROR_RESPONSES)
 async def stream_cancel(sessions: SessionsDep, session_id: SessionId, caller: CallerDep) -> SessionStatus:
     """Stop a live stream within one model chunk; its HTTP response ends and its slot frees. 409 if finished.
-    With keys on, only the key that started it (or an admin) may."""
-    return _status(sessions.cancel(session_id, "cancelled by request", caller.key_id, caller.admin))
+    Works through any replica when the server runs as several. With keys on, only the key that started it
+    (or an admin) may."""
+    return _status(await sessions.cancel(session_id, "cancelled by request", caller.key_id, caller.admin))

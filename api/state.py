@@ -15,6 +15,7 @@ from services.admission import AdmissionGate
 from services.cache import SpeakerCache
 from services.engine.tts import TTSEngine
 from services.metrics import Metrics
+from services.peers import Peers, SessionDirectory
 from services.sessions import SessionRegistry
 from services.speech import SpeechService
 from services.voices import VoiceService
@@ -55,6 +56,10 @@ class AppState:
     cache: SpeakerCache
     sessions: SessionRegistry
     metrics: Metrics
+    peers: Peers
+    """The other replicas (NO_PEERS for a server on its own)."""
+    directory: SessionDirectory
+    """Sessions here or on another replica (/stream_status, /stream_cancel)."""
     started_at: float = field(default_factory=time.time)
     status: ServerStatus = "loading"
     failure: str | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from fastapi import APIRouter
@@ -41,6 +42,8 @@ class Health(BaseModel):
     uptime_s: float
     requests: LoadInfo
     warning: str | None = Field(None, description="Set when the model makes noise rather than speech.")
+    replica: str | None = Field(None, description="This replica, when the server runs as several (cluster/).")
+    pid: int = Field(description="This server process.")
 
 
 @router.get("/health", response_model=Health, summary="Liveness and load (always 200 while the process runs)")
@@ -71,6 +74,8 @@ async def health(state: StateDep) -> Health:
             batch_steps=engine.scheduler.steps if engine is not None else 0,
         ),
         warning="DUMMY_MODEL is set: random weights, the audio is noise, not speech" if dummy else None,
+        replica=state.peers.replica,
+        pid=os.getpid(),
     )
 
 
@@ -81,7 +86,10 @@ async def health(state: StateDep) -> Health:
 )
 async def ready(state: StateDep) -> JSONResponse:
     status = state.status
-    return JSONResponse({"ready": status == "ready", "status": status}, status_code=200 if status == "ready" else 503)
+    answer: dict[str, object] = {"ready": status == "ready", "status": status}
+    if state.peers.replica is not None:  # one replica of several: say which one answered
+        answer["replica"] = state.peers.replica
+    return JSONResponse(answer, status_code=200 if status == "ready" else 503)
 
 
 @router.get("/languages", response_model=list[str], summary="Languages the model speaks")

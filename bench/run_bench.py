@@ -339,7 +339,7 @@ class _ServerThread:
         )  # fmt: skip
         self.url = f"http://127.0.0.1:{port}"
         self.server = uvicorn.Server(uvicorn.Config(create_app(settings, engine=engine), log_level="warning",
-                                                    host="127.0.0.1", port=port))  # fmt: skip
+                                                    host="127.0.0.1", port=port, http="h11"))  # fmt: skip
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         logging.getLogger("xtts_server.requests").setLevel(logging.WARNING)  # one line per request: noise here
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from services.sessions import StreamSession
@@ -48,11 +49,39 @@ class _LiveCollector(Collector):
             yield CounterMetricFamily("xtts_batch_steps", "Batched GPT decode steps.", steps)
 
 
-class Metrics:
-    """One registry per app (so several apps in one process never collide)."""
+class _Merged(Collector):
+    """This replica's metrics labelled `replica`, merged with the other replicas' (already labelled) ones."""
 
-    def __init__(self, figures: LiveFigures) -> None:
+    def __init__(self, own: CollectorRegistry, replica: str, peer_texts: Sequence[str]) -> None:
+        self.own = own
+        self.replica = replica
+        self.peer_texts = peer_texts
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        for family in self._labelled(self.own.collect()):
+            families[family.name] = family
+        for text in self.peer_texts:
+            for family in text_string_to_metric_families(text):
+                known = families.setdefault(family.name, family)
+                if known is not family and known.type == family.type:
+                    known.samples.extend(family.samples)
+        yield from families.values()
+
+    def _labelled(self, families: Iterable[Metric]) -> Iterator[Metric]:
+        for family in families:
+            copy = Metric(family.name, family.documentation, family.type, family.unit)
+            copy.samples = [s._replace(labels={**s.labels, "replica": self.replica}) for s in family.samples]
+            yield copy
+
+
+class Metrics:
+    """One registry per app (so several apps in one process never collide). As one replica of several,
+    every series carries a `replica` label, and a scrape can include the other replicas' series."""
+
+    def __init__(self, figures: LiveFigures, replica: str | None = None) -> None:
         self.figures = figures
+        self.replica = replica
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "xtts_http_requests", "HTTP requests by route and status.", ["method", "route", "status"],
@@ -81,5 +110,10 @@ class Metrics:
         if session.started_at is not None and session.finished_at is not None and session.audio_seconds > 0:
             self.rtf.observe((session.finished_at - session.started_at) / session.audio_seconds)
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, peer_texts: Sequence[str] = ()) -> bytes:
+        """The exposition text: this process's series, plus the other replicas' when given."""
+        if self.replica is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry(auto_describe=False)
+        merged.register(_Merged(self.registry, self.replica, peer_texts))
+        return generate_latest(merged)

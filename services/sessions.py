@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -66,6 +67,8 @@ class StreamSession:
     timings_s: dict[str, float] = field(default_factory=dict)
     owner: str | None = None
     """The API key (its id, never the key) that started it; None when keys are off."""
+    replica: str | None = None
+    """The replica that runs it, when the server runs as several (cluster/)."""
 
     @property
     def finished(self) -> bool:
@@ -91,8 +94,11 @@ class SessionRegistry:
         history_size: int,
         history_ttl_s: float,
         on_finish: list[Callable[[StreamSession], None]] | None = None,
+        replica: str | None = None,
     ) -> None:
         self._on_finish = on_finish or []
+        self._replica = replica
+        self._none_live = asyncio.Event()
         # Keyed by (owner, id): with API keys on, each key has its own session ids, so nobody can squat
         # or guess their way into another key's session.
         self._live: dict[tuple[str | None, str], LiveStream] = {}
@@ -105,7 +111,9 @@ class SessionRegistry:
         key = (stream.session.owner, stream.session.id)
         if key in self._live or key in self._finished:
             raise SessionConflict(f"session id {key[1]!r} is already in use", session_id=key[1])
+        stream.session.replica = self._replica
         self._live[key] = stream
+        self._none_live.clear()
 
     def get(self, session_id: str, owner: str | None = None, admin: bool = True) -> StreamSession:
         """The caller's session; an admin may read anyone's. Others' sessions are as unknown as missing ones."""
@@ -144,6 +152,8 @@ class SessionRegistry:
         session.finished_at = time.time()
         self._live.pop((session.owner, session.id), None)
         self._finished[(session.owner, session.id)] = session
+        if not self._live:
+            self._none_live.set()
         for listener in self._on_finish:
             listener(session)
 
@@ -152,7 +162,7 @@ class SessionRegistry:
 
     async def wait_all_finished(self, timeout_s: float) -> bool:
         """Wait (bounded) until every live stream has recorded its outcome; False if some had not."""
-        deadline = time.monotonic() + timeout_s
-        while self._live and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        if self._live:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._none_live.wait(), timeout_s)
         return not self._live

@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import tempfile
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +28,28 @@ logger = logging.getLogger(__name__)
 _SUFFIX = ".safetensors"
 _TEMP_PREFIX = ".tmp-"
 FORMAT_VERSION = "1"
+
+
+def _temp_prefix() -> str:
+    """Temporary files name their writer (`.tmp-<pid>@<host>~`), so a restart removes only dead writers'."""
+    return f"{_TEMP_PREFIX}{os.getpid()}@{socket.gethostname()}~"
+
+
+def _writer_alive(temp_name: str) -> bool:
+    """Whether the process that is writing this temporary file still runs (on this host; elsewhere: assume so)."""
+    writer, separator, _ = temp_name.removeprefix(_TEMP_PREFIX).partition("~")
+    pid, at, host = writer.partition("@")
+    if not (separator and at and pid.isdigit()):
+        return False  # not named by a writer: a leftover
+    if host != socket.gethostname():
+        return True  # another machine's replica on a shared folder: only its age tells
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return int(pid) != 0
 
 
 @dataclass(frozen=True)
@@ -48,13 +72,17 @@ class VoiceStore:
         self.embedding_dim = embedding_dim
         root.mkdir(parents=True, exist_ok=True)
 
-    def remove_leftovers(self) -> int:
-        """Delete temporary files a crash left behind mid-write; returns how many."""
+    def remove_leftovers(self, max_age_s: float = 300.0) -> int:
+        """Delete temporary files a crash left behind mid-write; returns how many. Other servers (replicas)
+        on this folder may be writing theirs right now: a temporary file is a leftover once the process
+        that wrote it (named in it) is gone, or when it is older than any save takes."""
         removed = 0
-        for leftover in self.root.glob(f"{_TEMP_PREFIX}*"):
+        cutoff = time.time() - max_age_s
+        for temp in self.root.glob(f"{_TEMP_PREFIX}*"):
             with contextlib.suppress(FileNotFoundError):
-                leftover.unlink()
-                removed += 1
+                if not _writer_alive(temp.name) or temp.stat().st_mtime <= cutoff:
+                    temp.unlink()
+                    removed += 1
         return removed
 
     def _path(self, voice_id: str) -> Path:
@@ -95,7 +123,7 @@ class VoiceStore:
             },
             metadata=metadata,
         )
-        descriptor, temp_name = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=_SUFFIX, dir=self.root)
+        descriptor, temp_name = tempfile.mkstemp(prefix=_temp_prefix(), suffix=_SUFFIX, dir=self.root)
         try:
             with os.fdopen(descriptor, "wb") as handle:
                 handle.write(payload)

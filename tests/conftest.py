@@ -90,7 +90,7 @@ class LiveServer:
 def live_server(engine: TTSEngine | FakeEngine, settings: Settings, wait_ready: bool = True) -> Iterator[LiveServer]:
     port = free_port()
     app = create_app(settings, engine=engine, request_exit=lambda: None)  # type: ignore[arg-type]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", http="h11"))
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
     wait_for(lambda: server.started, what="uvicorn start")

@@ -1,0 +1,78 @@
+"""The Ray Serve application: our FastAPI app (main.create_app) as a deployment of N replicas.
+
+`build_app` is the application builder for both `python -m cluster` (make cluster) and a Serve config
+file (`import_path: cluster.app:build_app`). Each replica is one process with one model; the server's
+settings (config.py) reach it as environment variables, the cluster's (cluster/settings.py) shape the
+deployment.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, cast
+
+from fastapi import FastAPI
+from ray import serve
+from ray.serve.config import BackpressureConfig
+
+from api.state import app_state
+from cluster.peers import RayPeers
+from cluster.settings import ClusterSettings
+from config import Settings, get_settings
+
+# Short requests (/health, /voices, /stream_status ...) a replica takes on top of its streams, so the
+# router never holds them behind streams; streams themselves are limited by the replica's own gate.
+SHORT_REQUEST_HEADROOM = 16
+
+_replica_app: FastAPI | None = None  # this replica process's app (check_health reads its state)
+
+
+def _build_replica_app() -> FastAPI:
+    """Runs in each replica: the same app as `run.py` serves, linked to the other replicas."""
+    from main import create_app  # imported in the replica, after its runtime env is in place
+
+    global _replica_app
+    replica = serve.get_replica_context().replica_id.unique_id
+    _replica_app = create_app(peers=RayPeers(replica), request_exit=lambda: None, wait_for_model=True)
+    return _replica_app
+
+
+@serve.deployment(name="xtts")
+@serve.ingress(_build_replica_app)
+class XttsReplica:
+    """One replica. Serve starts routing to it once its lifespan has loaded and warmed the model."""
+
+    def check_health(self) -> None:
+        """Serve restarts a replica whose model failed (the lifespan's state says so)."""
+        state = app_state(_replica_app) if _replica_app is not None else None
+        if state is not None and state.status == "failed":
+            raise RuntimeError(state.failure or "the replica's model failed")
+
+
+def deployment_options(server: Settings, cluster: ClusterSettings) -> dict[str, Any]:
+    """Replicas, resources, routing limits and backpressure for the deployment."""
+    options: dict[str, Any] = {
+        "ray_actor_options": {"num_cpus": cluster.REPLICA_NUM_CPUS, "num_gpus": cluster.REPLICA_NUM_GPUS},
+        # The router sends a replica no more than its gate admits plus short requests, and picks the less
+        # busy of two replicas: a replica's 429 then means the others were full too.
+        "max_ongoing_requests": server.MAX_CONCURRENT_REQUESTS + server.MAX_QUEUE_SIZE + SHORT_REQUEST_HEADROOM,
+        "max_queued_requests": cluster.CLUSTER_MAX_QUEUED_REQUESTS,
+        "backpressure_config": BackpressureConfig(status_code=429, retry_after_s=math.ceil(server.QUEUE_TIMEOUT)),
+        "graceful_shutdown_timeout_s": server.SHUTDOWN_TIMEOUT,
+    }
+    if cluster.autoscaling:
+        options["autoscaling_config"] = {
+            "min_replicas": cluster.MIN_REPLICAS if cluster.MIN_REPLICAS is not None else 1,
+            "max_replicas": cluster.MAX_REPLICAS,
+            "target_ongoing_requests": cluster.TARGET_ONGOING_REQUESTS,
+        }
+    else:
+        options["num_replicas"] = cluster.REPLICAS
+    return options
+
+
+def build_app(args: dict[str, Any] | None = None) -> serve.Application:
+    """The application; `args` (a Serve config's `args:`) override the cluster's environment settings."""
+    cluster = ClusterSettings(**(args or {}))
+    deployment = cast(serve.Deployment, XttsReplica)  # what the decorators made of the class
+    return deployment.options(**deployment_options(get_settings(), cluster)).bind()

@@ -1,0 +1,362 @@
+"""The server as a Ray Serve application (cluster/): `python -m cluster`, what `make cluster` runs, with
+two replicas of the tiny model on a local Ray, through Serve's HTTP proxy on 127.0.0.1.
+
+Serve routes each request to a replica of its choosing; every response names its replica (X-Replica),
+so a test that needs the other replica repeats a harmless request until the other one answers.
+The replica-killing test runs last: it changes the cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.audio_checks import assert_complete_wav, assert_pcm_wav
+from tests.conftest import BUILTIN_SPEAKER, REPO, free_port
+
+pytest.importorskip("ray", reason="the cluster extra (requirements-cluster.txt) is not installed")
+
+REPLICAS = 2
+START_TIMEOUT_S = 240
+SENTENCE = "A sentence for the cluster to say."
+SHORT_TEXT = " ".join([SENTENCE] * 2)
+LONG_TEXT = " ".join([SENTENCE] * 40)  # minutes of work at these settings: it outlasts any test
+
+
+@dataclass
+class Cluster:
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    voices_dir: Path
+    replicas: set[str] = field(default_factory=set)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def until_other_replica(
+        self, request: Callable[[httpx.Client], httpx.Response], not_replica: str, tries: int = 40
+    ) -> httpx.Response:
+        """Repeat a request until a replica other than `not_replica` answers it."""
+        with httpx.Client(base_url=self.url, timeout=60) as client:
+            for _ in range(tries):
+                response = request(client)
+                if response.headers["x-replica"] != not_replica:
+                    return response
+        raise AssertionError(f"only replica {not_replica} answered {tries} requests")
+
+    def answered_by(self, request: Callable[[httpx.Client], httpx.Response], replica: str) -> httpx.Response:
+        """Repeat a request until `replica` answers it (with two replicas: until the other one does not)."""
+        others = self.replicas - {replica}
+        assert len(others) == 1, self.replicas
+        return self.until_other_replica(request, next(iter(others)))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    folder = tmp_path_factory.mktemp("cluster")
+    port = free_port()
+    env = {
+        **os.environ,
+        "DUMMY_MODEL": "tiny",
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "VOICES_DIR": str(folder / "voices"),
+        "REPLICAS": str(REPLICAS),
+        "REPLICA_NUM_CPUS": "1",
+        "MAX_CONCURRENT_REQUESTS": "4",
+        "MAX_QUEUE_SIZE": "2",  # a burst that lands unevenly waits a moment rather than being refused
+        "QUEUE_TIMEOUT": "3",
+        "MAX_AUDIO_TOKENS": "40",
+        "SHUTDOWN_TIMEOUT": "2",
+        "PYTHONUNBUFFERED": "1",
+    }
+    log_path = folder / "cluster.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cluster"], cwd=REPO, env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    running = Cluster(f"http://127.0.0.1:{port}", process, log_path, folder / "voices")
+    try:
+        running.replicas = wait_for_replicas(running, REPLICAS)
+        yield running
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(90)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def wait_for_replicas(cluster: Cluster, count: int, not_in: set[str] = frozenset()) -> set[str]:  # type: ignore[assignment]
+    """Ready replicas (at least `count` seen answering /ready, none of `not_in`)."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if cluster.process.poll() is not None:
+            raise RuntimeError(f"the cluster exited with {cluster.process.returncode}:\n{cluster.log()[-5000:]}")
+        try:
+            response = httpx.get(f"{cluster.url}/ready", timeout=5)
+            if response.status_code == 200 and response.json()["replica"] not in not_in:
+                seen.add(response.json()["replica"])
+                if len(seen) >= count:
+                    return seen
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{count} replicas not ready in {START_TIMEOUT_S} s (saw {seen}):\n{cluster.log()[-5000:]}")
+
+
+def speech(text: str = SHORT_TEXT, **extra: object) -> dict[str, object]:
+    return {"text": text, "language": "en", "speaker_id": BUILTIN_SPEAKER, "seed": 7, **extra}
+
+
+class RawStream:
+    """A /tts_stream on a raw socket: the test sees exactly how the body ends."""
+
+    def __init__(self, cluster: Cluster, body: dict[str, object]) -> None:
+        self.sock = self.send(cluster, body)
+        self.received = b""
+        while b"\r\n\r\n" not in self.received:
+            self.received += self._recv()
+        head = self.received.split(b"\r\n\r\n", 1)[0].decode().lower().splitlines()
+        self.status = int(head[0].split()[1])
+        self.headers = dict(line.split(": ", 1) for line in head[1:])
+
+    @staticmethod
+    def send(cluster: Cluster, body: dict[str, object]) -> socket.socket:
+        """The request sent, nothing read yet."""
+        host, port = cluster.url.removeprefix("http://").split(":")
+        payload = json.dumps(body).encode()
+        sock = socket.create_connection((host, int(port)), timeout=60)
+        sock.sendall(
+            b"POST /tts_stream HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(payload)}\r\n\r\n".encode()
+            + payload
+        )
+        return sock
+
+    def _recv(self) -> bytes:
+        chunk = self.sock.recv(65536)
+        assert chunk, "connection closed early"
+        return chunk
+
+    def read_some_audio(self, min_bytes: int = 4000) -> None:
+        while len(self.received) < min_bytes:
+            self.received += self._recv()
+
+    def read_to_end(self) -> bytes:
+        while chunk := self.sock.recv(65536):
+            self.received += chunk
+        self.sock.close()
+        return self.received
+
+    @property
+    def complete(self) -> bool:
+        """Ended with the chunked terminator: the server said the body was whole."""
+        return self.received.endswith(b"0\r\n\r\n")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_both_replicas_serve_the_api_and_report_themselves(cluster: Cluster) -> None:
+    assert len(cluster.replicas) == REPLICAS
+    first = httpx.get(f"{cluster.url}/health").json()
+    assert first["replica"] in cluster.replicas and first["status"] == "ready"
+    other = cluster.until_other_replica(lambda client: client.get("/health"), first["replica"]).json()
+    assert other["replica"] in cluster.replicas and other["pid"] != first["pid"]  # one process each
+    # One scrape through the router sees every replica's series, each labelled.
+    metrics = httpx.get(f"{cluster.url}/metrics").text
+    for replica in cluster.replicas:
+        assert f'xtts_request_capacity{{replica="{replica}"}} 4.0' in metrics
+    assert len([line for line in metrics.splitlines() if line.startswith("# TYPE xtts_request_capacity ")]) == 1
+    assert httpx.get(f"{cluster.url}/languages").json()[0] == "en"
+
+
+def test_concurrent_streams_spread_over_both_replicas_and_sound_whole(cluster: Cluster) -> None:
+    results: list[tuple[str, str, bytes]] = []
+    failures: list[str] = []
+
+    def listen(seed: int) -> None:
+        with httpx.Client(base_url=cluster.url, timeout=120) as client:
+            with client.stream("POST", "/tts_stream", json=speech(seed=seed)) as response:
+                body = response.read()  # raises if the body is incomplete
+            if response.status_code != 200:
+                failures.append(f"{response.status_code} from {response.headers.get('x-replica')}: {body[:200]!r}")
+                return
+            results.append((response.headers["x-replica"], response.headers["x-session-id"], body))
+
+    listeners = [threading.Thread(target=listen, args=(seed,)) for seed in range(8)]
+    for listener in listeners:
+        listener.start()
+    for listener in listeners:
+        listener.join()
+    assert not failures and len(results) == 8, failures
+    assert {replica for replica, _, _ in results} == cluster.replicas, "one replica served every stream"
+    with httpx.Client(base_url=cluster.url, timeout=30) as client:
+        for replica, session_id, body in results:
+            assert_pcm_wav(body, min_seconds=0.5)
+            assert client.get(f"/stream_status/{session_id}").json()["replica"] == replica
+
+
+def test_a_voice_saved_overwritten_or_deleted_through_one_replica_is_seen_by_the_other(cluster: Cluster) -> None:
+    def spoken(client: httpx.Client) -> httpx.Response:
+        return client.post("/tts", json=speech(speaker_id="shared-voice", seed=3))
+
+    with httpx.Client(base_url=cluster.url, timeout=60) as client:
+        speakers = client.get("/studio_speakers").json()
+        tenor, bass = speakers["Dummy Tenor"], speakers["Dummy Bass"]
+        saved = client.post("/save_voice/shared-voice", json={**tenor, "name": "Shared"})
+        assert saved.status_code == 201, saved.text
+    saver = saved.headers["x-replica"]
+    # Served by the replica that did not save it (and now cached there).
+    first = cluster.until_other_replica(spoken, saver)
+    assert first.status_code == 200, first.text
+    as_tenor = assert_complete_wav(first.content)
+
+    with httpx.Client(base_url=cluster.url, timeout=60) as client:
+        overwritten = client.post("/save_voice/shared-voice", json={**bass, "name": "Shared", "overwrite": True})
+        assert overwritten.status_code in (200, 201), overwritten.text
+    for replica in cluster.replicas:  # each replica speaks the new voice, none the cached old one
+        response = cluster.answered_by(spoken, replica)
+        assert response.status_code == 200, response.text
+        as_bass = assert_complete_wav(response.content)
+        stale = as_bass.shape == as_tenor.shape and np.array_equal(as_bass, as_tenor)
+        assert not stale, f"{replica} spoke the overwritten voice"
+
+    with httpx.Client(base_url=cluster.url, timeout=60) as client:
+        deleted = client.delete("/saved_voices/shared-voice")
+        assert deleted.status_code in (200, 204), deleted.text
+    gone = cluster.until_other_replica(spoken, deleted.headers["x-replica"])
+    assert gone.status_code == 404 and gone.json()["error"] == "voice_not_found", gone.text
+
+
+def test_status_and_cancel_reach_the_replica_that_runs_the_stream(cluster: Cluster) -> None:
+    for _attempt in range(12):
+        stream = RawStream(cluster, speech(LONG_TEXT))
+        assert stream.status == 200
+        owner, session_id = stream.headers["x-replica"], stream.headers["x-session-id"]
+        stream.read_some_audio()
+
+        def status(client: httpx.Client, session_id: str = session_id) -> httpx.Response:
+            return client.get(f"/stream_status/{session_id}")
+
+        remote_status = cluster.until_other_replica(status, owner)
+        assert remote_status.status_code == 200, remote_status.text
+        assert remote_status.json()["replica"] == owner and remote_status.json()["state"] == "generating"
+
+        cancelled = httpx.delete(f"{cluster.url}/stream_cancel/{session_id}", timeout=30)
+        asked_at = time.monotonic()
+        assert cancelled.status_code == 200, cancelled.text
+        stream.read_to_end()
+        ended_after_s = time.monotonic() - asked_at
+        assert not stream.complete, "a cancelled stream must not look complete"
+        if cancelled.headers["x-replica"] == owner:
+            continue  # the router sent the cancel to the owner itself: try again for a remote one
+        assert ended_after_s < 2.0, f"the stream went on {ended_after_s:.2f} s after a remote cancel"
+        for replica in cluster.replicas:
+            final = cluster.answered_by(status, replica)
+            assert final.json()["state"] == "cancelled" and final.json()["error"] == "cancelled by request"
+        again = httpx.delete(f"{cluster.url}/stream_cancel/{session_id}", timeout=30)
+        assert again.status_code == 409, again.text
+        return
+    raise AssertionError("no cancel was routed to a replica other than the stream's")
+
+
+def test_unknown_sessions_are_404_from_every_replica(cluster: Cluster) -> None:
+    with httpx.Client(base_url=cluster.url, timeout=30) as client:
+        for _ in range(4):
+            assert client.get("/stream_status/no-such-session").status_code == 404
+            assert client.delete("/stream_cancel/no-such-session").status_code == 404
+
+
+def test_429_only_once_every_replica_is_full(cluster: Cluster) -> None:
+    capacity = 4 * REPLICAS  # MAX_CONCURRENT_REQUESTS per replica
+    streams: list[RawStream] = []
+    queued: list[socket.socket] = []
+    try:
+        for _ in range(capacity):  # each admitted at once while any replica has a free slot (not queued)
+            stream = RawStream(cluster, speech(LONG_TEXT))
+            assert stream.status == 200, f"refused with {len(streams)} of {capacity} slots taken: {stream.received!r}"
+            stream.read_some_audio(1000)
+            streams.append(stream)
+        per_replica = [sum(s.headers["x-replica"] == replica for s in streams) for replica in cluster.replicas]
+        assert sorted(per_replica) == [4, 4]
+        for _ in range(2 * REPLICAS):  # fill both queues (MAX_QUEUE_SIZE=2 each)
+            queued.append(RawStream.send(cluster, speech(LONG_TEXT)))
+            time.sleep(0.2)
+        refused = httpx.post(f"{cluster.url}/tts_stream", json=speech(), timeout=30)
+        assert refused.status_code == 429, refused.text
+        assert int(refused.headers["retry-after"]) >= 1
+        assert refused.json()["error"] == "overloaded"
+        assert httpx.get(f"{cluster.url}/health", timeout=30).status_code == 200  # short requests still served
+    finally:
+        for stream in streams:
+            stream.close()
+        for sock in queued:
+            sock.close()
+    # Closing the sockets cancels the streams and frees every slot.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        figures = [httpx.get(f"{cluster.url}/health").json()["requests"]["in_flight"] for _ in range(6)]
+        if not any(figures):
+            break
+        time.sleep(0.3)
+    assert not any(figures), figures
+
+
+def test_a_replica_killed_mid_stream_fails_its_streams_only_and_is_replaced(cluster: Cluster) -> None:
+    with httpx.Client(base_url=cluster.url, timeout=60) as client:
+        tenor = client.get("/studio_speakers").json()["Dummy Tenor"]
+        for index in range(3):
+            assert client.post(f"/save_voice/keep-{index}", json={**tenor, "name": f"Keep {index}"}).status_code == 201
+    streams: dict[str, RawStream] = {}
+    for _ in range(20):  # one stream on each replica
+        stream = RawStream(cluster, speech(" ".join([SENTENCE] * 6)))
+        assert stream.status == 200
+        replica = stream.headers["x-replica"]
+        if replica in streams:
+            stream.close()
+            continue
+        streams[replica] = stream
+        if len(streams) == REPLICAS:
+            break
+    assert set(streams) == cluster.replicas
+    victim, survivor = sorted(streams)
+    pid = cluster.until_other_replica(lambda client: client.get("/health"), survivor).json()["pid"]
+    for stream in streams.values():
+        stream.read_some_audio()
+
+    os.kill(pid, signal.SIGKILL)
+    killed, kept = streams[victim].read_to_end(), streams[survivor].read_to_end()
+    assert not streams[victim].complete, "the killed replica's stream looked complete"
+    assert kept.endswith(b"0\r\n\r\n"), "the other replica's stream did not finish"
+
+    replacements = wait_for_replicas(cluster, 1, not_in=cluster.replicas)
+    assert survivor in wait_for_replicas(cluster, REPLICAS, not_in={victim})
+    cluster.replicas = {survivor, *replacements}
+    for index in range(3):  # every voice whole, through both replicas
+
+        def load(client: httpx.Client, voice_id: str = f"keep-{index}") -> httpx.Response:
+            return client.get(f"/saved_voices/{voice_id}")
+
+        for replica in cluster.replicas:
+            response = cluster.answered_by(load, replica)
+            assert response.status_code == 200, response.text
+    assert not list(cluster.voices_dir.glob(".tmp-*"))
+    assert len(killed) > 0
