@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: run test lint bench stress stress-short compare-precision system-deps browser-deps clean
+.PHONY: run test lint bench bench-cluster cluster stress stress-short compare-precision system-deps browser-deps clean
 
 # Debian's ffmpeg decodes uploads and provides the libraries torchcodec loads.
 system-deps:
@@ -35,8 +35,13 @@ $(VENV)/.runtime: requirements.txt
 	$(PIP) install -r requirements.txt
 	@touch $@
 
-$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt requirements-cluster.txt
 	$(PIP) install -r requirements-dev.txt
+	@touch $@
+
+# Ray Serve, the optional extra for running many replicas (requirements-dev.txt includes it for the tests).
+$(VENV)/.cluster: $(VENV)/.runtime requirements-cluster.txt
+	$(PIP) install -r requirements-cluster.txt
 	@touch $@
 
 run: system-deps $(VENV)/.runtime
@@ -52,6 +57,15 @@ lint: $(VENV)/.dev
 
 bench: system-deps $(VENV)/.dev
 	$(PY) -m bench.run_bench
+
+# The server as REPLICAS Ray Serve replicas on a local Ray head (see README, Scaling out): make cluster REPLICAS=2
+REPLICAS ?= 2
+cluster: system-deps $(VENV)/.cluster
+	REPLICAS=$(REPLICAS) $(PY) -m cluster
+
+# 1 vs 2 replicas of the tiny model, and the time to first audio Ray adds: writes bench/results/cluster.json.
+bench-cluster: system-deps $(VENV)/.dev
+	$(PY) -m bench.cluster
 
 # The server under load and attack on 127.0.0.1 (about 15 minutes): prints a table, writes bench/results/stress.json.
 stress: system-deps $(VENV)/.dev

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import ray
 from pydantic import ValidationError
@@ -60,20 +61,27 @@ def main() -> None:
     if cluster.RAY_ADDRESS is None:
         for name, value in ROUTER_SETTINGS.items():
             os.environ.setdefault(name, value)  # the local head's processes (Serve's proxy) inherit it
+    local_head: dict[str, Any] = {}
+    if cluster.RAY_ADDRESS is None:
+        # A local head offers at least the CPUs the replicas ask for: REPLICAS=4 on 2 cores is asked for.
+        replicas = cluster.MAX_REPLICAS if cluster.autoscaling else cluster.REPLICAS
+        local_head["num_cpus"] = max(os.cpu_count() or 1, math.ceil((replicas or 1) * cluster.REPLICA_NUM_CPUS))
     ray.init(
         address=cluster.RAY_ADDRESS,
         runtime_env={"env_vars": replica_environment(server, cluster)},
         include_dashboard=False,
         logging_level=logging.WARNING,
+        **local_head,
     )
     try:
         serve.start(http_options={"host": server.HOST, "port": server.PORT})
         # Returns once every replica has loaded and warmed its model (their lifespans wait for it).
         serve.run(build_app(), name=APP_NAME, route_prefix="/", blocking=False)
-        replicas = f"{cluster.MIN_REPLICAS or 1}-{cluster.MAX_REPLICAS}" if cluster.autoscaling else cluster.REPLICAS
+        autoscaled = f"{cluster.MIN_REPLICAS or 1}-{cluster.MAX_REPLICAS}"
+        replica_count = autoscaled if cluster.autoscaling else cluster.REPLICAS
         logger.info(
             "serving on http://%s:%d/ with %s replicas (ready in %.1f s); Ctrl-C stops",
-            server.HOST, server.PORT, replicas, time.monotonic() - started,
+            server.HOST, server.PORT, replica_count, time.monotonic() - started,
         )  # fmt: skip
         while not stop.wait(1.0):
             pass

@@ -360,3 +360,26 @@ def test_a_replica_killed_mid_stream_fails_its_streams_only_and_is_replaced(clus
             assert response.status_code == 200, response.text
     assert not list(cluster.voices_dir.glob(".tmp-*"))
     assert len(killed) > 0
+
+
+@pytest.mark.parametrize("config_file", ["serve_config.yaml", "kuberay.yaml"])
+def test_the_serve_configs_in_the_readme_are_valid_and_build(config_file: str) -> None:
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from cluster.app import build_app, deployment_options
+    from cluster.settings import ClusterSettings
+    from config import Settings
+
+    document = yaml.safe_load((REPO / "cluster" / config_file).read_text())
+    serve_config = yaml.safe_load(document["spec"]["serveConfigV2"]) if "spec" in document else document
+    application = ServeDeploySchema.model_validate(serve_config).applications[0]
+    assert application.import_path == "cluster.app:build_app"
+    env_vars = {name: value for name, value in application.runtime_env["env_vars"].items() if name != "API_KEYS_FILE"}
+    server = Settings(_env_file=None, **env_vars)  # type: ignore[arg-type]  # (the keys file exists on the nodes only)
+    options = deployment_options(server, ClusterSettings(_env_file=None, **application.args))  # type: ignore[call-arg]
+    assert options["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 4}
+    assert options["ray_actor_options"] == {"num_cpus": 2, "num_gpus": 1}
+    assert options["max_ongoing_requests"] == 8 + 8 + 16
+    assert options["backpressure_config"].status_code == 429
+    assert build_app(application.args) is not None

@@ -17,7 +17,7 @@ from tests.fakes import FAKE_SPEAKERS, FakeEngine
 from tests.test_demo_page import CHROMIUM, CHROMIUM_FLAGS
 
 PAGE_ORIGIN = "http://127.0.0.1:{port}"
-EXPOSED = {"x-session-id", "x-seed", "x-sample-rate", "x-language", "retry-after", "content-disposition"}
+EXPOSED = {"x-session-id", "x-seed", "x-sample-rate", "x-language", "retry-after", "content-disposition", "x-replica"}
 
 
 @pytest.fixture(scope="module")

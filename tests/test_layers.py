@@ -1,4 +1,5 @@
-"""The layers import one way: api/ -> services/ -> services/engine/, with models/ as pure schemas.
+"""The layers import one way: api/ -> services/ -> services/engine/, with models/ as pure schemas; cluster/
+sits on top (it wraps main's app) and is the only place Ray is imported.
 
 Read from the source with `ast`, so a new module is checked the day it is added.
 """
@@ -12,7 +13,7 @@ import pytest
 
 from tests.conftest import REPO
 
-OURS = ("api", "models", "services", "main", "run", "config", "bench", "tests")
+OURS = ("api", "models", "services", "main", "run", "config", "bench", "tests", "cluster")
 # What each layer may import of ours (prefixes); everything else of ours is a violation.
 ALLOWED = {
     "services.engine": ("services.engine", "services.errors"),
@@ -79,7 +80,22 @@ def test_leaf_modules_import_nothing_of_ours(leaf: str) -> None:
         ("services.speech", "from models.inputs import SpeechRequest"),
         ("models.inputs", "from services.encoders import AudioEncoder"),
         ("api.speech", "from main import create_app"),
+        ("services.peers", "from cluster.exchange import Exchange"),
     ],
 )
 def test_an_upward_import_is_caught(module: str, source: str) -> None:
     assert violations(module, source) != []
+
+
+def test_only_cluster_imports_ray() -> None:
+    """Ray is an optional extra: the server itself must run without it."""
+    outside = [*sources(), REPO / "main.py", REPO / "run.py", REPO / "config.py"]
+    importers = []
+    for path in outside:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            if any(name.split(".")[0] in {"ray", "cluster"} for name in names):
+                importers.append(str(path.relative_to(REPO)))
+    assert importers == []

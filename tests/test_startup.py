@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cluster.settings import ClusterSettings
 from config import Settings
 from main import batch_limits
 from services.engine.dummy_model import build_dummy_xtts, dummy_config
@@ -77,7 +78,8 @@ def test_missing_checkpoint_files_are_named(tmp_path: Path) -> None:
 
 def test_readme_documents_every_setting() -> None:
     readme = (REPO / "README.md").read_text()
-    missing = [name for name in Settings.model_fields if f"| `{name}` |" not in readme]
+    names = [*Settings.model_fields, *ClusterSettings.model_fields]
+    missing = [name for name in names if f"| `{name}` |" not in readme]
     assert missing == [], f"README's configuration table lacks {missing}"
 
 
