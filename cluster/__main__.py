@@ -29,10 +29,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 APP_NAME = "xtts"
 
 
+# Secrets stay out of the runtime environment Ray records and shows (state API, dashboard).
+SECRET_SETTINGS = frozenset({"API_KEYS", "ADMIN_API_KEYS"})
+
+
 def replica_environment(server: Settings, cluster: ClusterSettings) -> dict[str, str]:
-    """The server settings this process was given (environment or .env), for the replicas' processes.
-    Keys travel in API_KEYS_FILE's path rather than in the environment Ray records, where they can."""
-    values = server.model_dump(mode="json", include=server.model_fields_set)
+    """The server settings this process was given (environment or .env), for the replicas' processes,
+    except the keys: a local head's processes inherit them from this process's environment instead."""
+    values = server.model_dump(mode="json", include=server.model_fields_set - SECRET_SETTINGS)
     env = {name: value if isinstance(value, str) else json.dumps(value) for name, value in values.items()}
     env = {name: value for name, value in env.items() if value != "null"}
     # Each replica's torch uses the CPUs Ray reserved for it, not every core of the machine.
@@ -58,6 +62,11 @@ def main() -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     started = time.monotonic()
+    if cluster.RAY_ADDRESS is not None and SECRET_SETTINGS & server.model_fields_set:
+        logger.warning(
+            "API_KEYS / ADMIN_API_KEYS are not sent to the Ray cluster at %s: set them in its nodes' "
+            "environment, or use API_KEYS_FILE on a mounted file", cluster.RAY_ADDRESS,
+        )  # fmt: skip
     if cluster.RAY_ADDRESS is None:
         for name, value in ROUTER_SETTINGS.items():
             os.environ.setdefault(name, value)  # the local head's processes (Serve's proxy) inherit it

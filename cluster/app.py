@@ -18,11 +18,13 @@ from ray.serve.config import BackpressureConfig
 from api.state import app_state
 from cluster.peers import RayPeers
 from cluster.settings import ClusterSettings
-from config import Settings, get_settings
+from config import Settings
 
 # Short requests (/health, /voices, /stream_status ...) a replica takes on top of its streams, so the
 # router never holds them behind streams; streams themselves are limited by the replica's own gate.
 SHORT_REQUEST_HEADROOM = 16
+
+SHUTDOWN_MARGIN_S = 10.0
 
 _replica_app: FastAPI | None = None  # this replica process's app (check_health reads its state)
 
@@ -32,8 +34,9 @@ def _build_replica_app() -> FastAPI:
     from main import create_app  # imported in the replica, after its runtime env is in place
 
     global _replica_app
-    replica = serve.get_replica_context().replica_id.unique_id
-    _replica_app = create_app(peers=RayPeers(replica), request_exit=lambda: None, wait_for_model=True)
+    replica_id = serve.get_replica_context().replica_id
+    peers = RayPeers(replica_id.unique_id, replica_id.deployment_id.app_name)
+    _replica_app = create_app(peers=peers, request_exit=lambda: None, wait_for_model=True)
     return _replica_app
 
 
@@ -58,7 +61,9 @@ def deployment_options(server: Settings, cluster: ClusterSettings) -> dict[str, 
         "max_ongoing_requests": server.MAX_CONCURRENT_REQUESTS + server.MAX_QUEUE_SIZE + SHORT_REQUEST_HEADROOM,
         "max_queued_requests": cluster.CLUSTER_MAX_QUEUED_REQUESTS,
         "backpressure_config": BackpressureConfig(status_code=429, retry_after_s=math.ceil(server.QUEUE_TIMEOUT)),
-        "graceful_shutdown_timeout_s": server.SHUTDOWN_TIMEOUT,
+        # Serve's one budget covers draining and our lifespan's shutdown after it (which waits up to 5 s for
+        # cancelled streams to record their outcome and 2 s to leave the exchange).
+        "graceful_shutdown_timeout_s": server.SHUTDOWN_TIMEOUT + SHUTDOWN_MARGIN_S,
     }
     if cluster.autoscaling:
         options["autoscaling_config"] = {
@@ -71,8 +76,14 @@ def deployment_options(server: Settings, cluster: ClusterSettings) -> dict[str, 
     return options
 
 
+def deployment_settings() -> Settings:
+    """The server settings the deployment's shape needs (limits, timeouts), read where the application is
+    built: possibly a node without the replicas' mounts, so the keys file is checked by the replicas only."""
+    return Settings(API_KEYS_FILE=None)
+
+
 def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     """The application; `args` (a Serve config's `args:`) override the cluster's environment settings."""
     cluster = ClusterSettings(**(args or {}))
     deployment = cast(serve.Deployment, XttsReplica)  # what the decorators made of the class
-    return deployment.options(**deployment_options(get_settings(), cluster)).bind()
+    return deployment.options(**deployment_options(deployment_settings(), cluster)).bind()

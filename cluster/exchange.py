@@ -3,7 +3,8 @@
 One instance runs as a named Ray actor (cluster.peers starts it); it is plain asyncio, so it is tested
 without Ray. Each replica long-polls its own mailbox, so a question (a cancel above all) reaches the
 replica that holds the stream at once, not at the next poll; an asker waits for the answers, bounded.
-A replica that has not polled for `liveness_s` is taken for gone: it is no longer asked.
+A replica with no poll open and none for `liveness_s` is taken for gone: it is no longer asked. (A
+killed replica's open poll is cancelled by Ray when its caller dies, or ends at its timeout.)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ Delivery = tuple[int, str, tuple[object, ...]]
 class _Mailbox:
     questions: asyncio.Queue[Delivery] = field(default_factory=asyncio.Queue)
     last_seen: float = field(default_factory=time.monotonic)
+    polling: int = 0  # polls open now: a replica waiting on its mailbox is alive however long it waits
 
 
 class Exchange:
@@ -35,12 +37,13 @@ class Exchange:
     async def poll(self, replica: str, wait_s: float) -> list[Delivery]:
         """The replica's questions; waits up to `wait_s` for the first. Polling also says it is alive."""
         mailbox = self._mailboxes.setdefault(replica, _Mailbox())
-        mailbox.last_seen = time.monotonic()
+        mailbox.polling += 1
         try:
             first = await asyncio.wait_for(mailbox.questions.get(), wait_s)
         except TimeoutError:
             return []
         finally:
+            mailbox.polling -= 1
             mailbox.last_seen = time.monotonic()
         delivered = [first]
         while not mailbox.questions.empty():
@@ -86,7 +89,7 @@ class Exchange:
         """Replicas that polled recently; the others are forgotten with their unread questions."""
         now = time.monotonic()
         for replica, mailbox in list(self._mailboxes.items()):
-            if now - mailbox.last_seen > self._liveness_s:
+            if not mailbox.polling and now - mailbox.last_seen > self._liveness_s:
                 del self._mailboxes[replica]
         return sorted(self._mailboxes)
 

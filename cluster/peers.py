@@ -14,36 +14,38 @@ from services.peers import LocalAnswers, Question
 
 logger = logging.getLogger("xtts_server.cluster")
 
-EXCHANGE_NAME = "xtts-exchange"
 NAMESPACE = "xtts"
 POLL_WAIT_S = 1.0
 LIVENESS_S = 5.0  # a replica silent this long (several missed polls) is gone: Ray is replacing it
 ASK_TIMEOUT_S = 3.0
 
 
-def exchange_actor() -> Any:
-    """The cluster's one exchange (started by the first replica that needs it). Detached, so it outlives
-    any one replica: a replica killed mid-stream must not take the others' exchange with it."""
-    options = {"name": EXCHANGE_NAME, "namespace": NAMESPACE, "get_if_exists": True, "lifetime": "detached"}
+def exchange_actor(application: str) -> Any:
+    """The application's one exchange (started by the first replica that needs it; one per Serve
+    application, so two applications on one Ray cluster never see each other's sessions). Detached, so it
+    outlives any one replica: a replica killed mid-stream must not take the others' exchange with it."""
+    name = f"xtts-exchange-{application}"
+    options = {"name": name, "namespace": NAMESPACE, "get_if_exists": True, "lifetime": "detached"}
     return ray.remote(Exchange).options(**options, max_concurrency=1000, num_cpus=0).remote(LIVENESS_S)
 
 
 class RayPeers:
     """This replica answers its mailbox in the background and asks the others through the exchange."""
 
-    def __init__(self, replica: str) -> None:
+    def __init__(self, replica: str, application: str) -> None:
         self.replica: str | None = replica
+        self._application = application
         self._exchange: Any = None
         self._serving: asyncio.Task[None] | None = None
 
     async def start(self, answers: LocalAnswers) -> None:
-        self._exchange = exchange_actor()
+        self._exchange = exchange_actor(self._application)
         self._serving = asyncio.create_task(self._answer_forever(answers))
 
     async def stop(self) -> None:
         if self._serving is not None:
             self._serving.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # shutdown goes on whatever it was
                 await self._serving
             self._serving = None
         with contextlib.suppress(Exception):
@@ -71,7 +73,7 @@ class RayPeers:
                 logger.warning("lost the replicas' exchange (%s); reconnecting", type(error).__name__)
                 await asyncio.sleep(0.5)
                 with contextlib.suppress(Exception):
-                    self._exchange = exchange_actor()
+                    self._exchange = exchange_actor(self._application)
                 continue
             for question_id, question, args in delivered:
                 try:
@@ -79,4 +81,7 @@ class RayPeers:
                 except Exception:
                     logger.exception("answering a peer's %s failed", question)
                     answer = None
-                self._exchange.answer.remote(question_id, answer)
+                try:
+                    self._exchange.answer.remote(question_id, answer)
+                except Exception as error:  # the asker times out; this loop must go on
+                    logger.warning("could not answer a peer's %s: %s", question, type(error).__name__)

@@ -32,6 +32,8 @@ class ClusterSettings(BaseSettings):
     def _scaling_bounds(self) -> ClusterSettings:
         if self.MAX_REPLICAS is not None and (self.MIN_REPLICAS or 0) > self.MAX_REPLICAS:
             raise ValueError("MIN_REPLICAS must not exceed MAX_REPLICAS")
+        if self.CLUSTER_MAX_QUEUED_REQUESTS == 0:
+            raise ValueError("CLUSTER_MAX_QUEUED_REQUESTS must be -1 (no bound) or at least 1 (Serve's rule)")
         return self
 
     @property

@@ -50,7 +50,11 @@ class _LiveCollector(Collector):
 
 
 class _Merged(Collector):
-    """This replica's metrics labelled `replica`, merged with the other replicas' (already labelled) ones."""
+    """This replica's metrics labelled `replica`, merged with the other replicas' (already labelled) ones.
+
+    Every replica's series, this one's included, are read back from their exposition text, so families
+    merge by the names the text uses (prometheus_client writes a counter's `_created` as a family of its own).
+    """
 
     def __init__(self, own: CollectorRegistry, replica: str, peer_texts: Sequence[str]) -> None:
         self.own = own
@@ -59,20 +63,20 @@ class _Merged(Collector):
 
     def collect(self) -> Iterator[Metric]:
         families: dict[str, Metric] = {}
-        for family in self._labelled(self.own.collect()):
-            families[family.name] = family
-        for text in self.peer_texts:
-            for family in text_string_to_metric_families(text):
-                known = families.setdefault(family.name, family)
-                if known is not family and known.type == family.type:
-                    known.samples.extend(family.samples)
+        own = text_string_to_metric_families(generate_latest(self.own).decode())
+        for family in (
+            *self._labelled(own),
+            *(f for text in self.peer_texts for f in text_string_to_metric_families(text)),
+        ):
+            known = families.setdefault(family.name, family)
+            if known is not family and known.type == family.type:
+                known.samples.extend(family.samples)
         yield from families.values()
 
     def _labelled(self, families: Iterable[Metric]) -> Iterator[Metric]:
         for family in families:
-            copy = Metric(family.name, family.documentation, family.type, family.unit)
-            copy.samples = [s._replace(labels={**s.labels, "replica": self.replica}) for s in family.samples]
-            yield copy
+            family.samples = [s._replace(labels={**s.labels, "replica": self.replica}) for s in family.samples]
+            yield family
 
 
 class Metrics:

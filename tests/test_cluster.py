@@ -79,7 +79,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         "REPLICA_NUM_CPUS": "1",
         "MAX_CONCURRENT_REQUESTS": "4",
         "MAX_QUEUE_SIZE": "2",  # a burst that lands unevenly waits a moment rather than being refused
-        "QUEUE_TIMEOUT": "3",
         "MAX_AUDIO_TOKENS": "40",
         "SHUTDOWN_TIMEOUT": "2",
         "PYTHONUNBUFFERED": "1",
@@ -300,7 +299,9 @@ def test_429_only_once_every_replica_is_full(cluster: Cluster) -> None:
         for _ in range(2 * REPLICAS):  # fill both queues (MAX_QUEUE_SIZE=2 each)
             queued.append(RawStream.send(cluster, speech(LONG_TEXT)))
             time.sleep(0.2)
-        refused = httpx.post(f"{cluster.url}/tts_stream", json=speech(), timeout=30)
+        # Refused at once with both queues full (or, had a filler been refused in its place, after
+        # QUEUE_TIMEOUT in a queue behind streams that never end: a 429 either way).
+        refused = httpx.post(f"{cluster.url}/tts_stream", json=speech(), timeout=60)
         assert refused.status_code == 429, refused.text
         assert int(refused.headers["retry-after"]) >= 1
         assert refused.json()["error"] == "overloaded"
@@ -363,23 +364,36 @@ def test_a_replica_killed_mid_stream_fails_its_streams_only_and_is_replaced(clus
 
 
 @pytest.mark.parametrize("config_file", ["serve_config.yaml", "kuberay.yaml"])
-def test_the_serve_configs_in_the_readme_are_valid_and_build(config_file: str) -> None:
+def test_the_serve_configs_in_the_readme_are_valid_and_build(config_file: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import yaml
     from ray.serve.schema import ServeDeploySchema
 
-    from cluster.app import build_app, deployment_options
+    from cluster.app import build_app, deployment_options, deployment_settings
     from cluster.settings import ClusterSettings
-    from config import Settings
 
     document = yaml.safe_load((REPO / "cluster" / config_file).read_text())
     serve_config = yaml.safe_load(document["spec"]["serveConfigV2"]) if "spec" in document else document
     application = ServeDeploySchema.model_validate(serve_config).applications[0]
     assert application.import_path == "cluster.app:build_app"
-    env_vars = {name: value for name, value in application.runtime_env["env_vars"].items() if name != "API_KEYS_FILE"}
-    server = Settings(_env_file=None, **env_vars)  # type: ignore[arg-type]  # (the keys file exists on the nodes only)
-    options = deployment_options(server, ClusterSettings(_env_file=None, **application.args))  # type: ignore[call-arg]
+    # Built where the keys file is not mounted (Serve builds on any node): only the replicas read it.
+    for name, value in application.runtime_env["env_vars"].items():
+        monkeypatch.setenv(name, value)
+    options = deployment_options(deployment_settings(), ClusterSettings(_env_file=None, **application.args))  # type: ignore[call-arg]
     assert options["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 4}
     assert options["ray_actor_options"] == {"num_cpus": 2, "num_gpus": 1}
     assert options["max_ongoing_requests"] == 8 + 8 + 16
     assert options["backpressure_config"].status_code == 429
     assert build_app(application.args) is not None
+
+
+def test_keys_never_travel_in_the_environment_ray_records(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cluster.__main__ import replica_environment
+    from cluster.settings import ClusterSettings
+    from config import Settings
+
+    monkeypatch.setenv("API_KEYS", "secret-user-key")
+    monkeypatch.setenv("ADMIN_API_KEYS", "secret-admin-key")
+    monkeypatch.setenv("MAX_QUEUE_SIZE", "3")
+    env = replica_environment(Settings(_env_file=None), ClusterSettings(_env_file=None))  # type: ignore[call-arg]
+    assert env["MAX_QUEUE_SIZE"] == "3" and env["NUM_THREADS"] == "1"
+    assert "secret" not in json.dumps(env)

@@ -138,10 +138,14 @@ def test_one_scrape_shows_every_replicas_series_labelled() -> None:
         one, two = await two_replicas(Exchange())
         one.metrics.streams.labels("completed").inc(3)
         two.metrics.streams.labels("completed").inc(2)
+        for replica in (one, two):
+            replica.metrics.ttfa.observe(0.2)
+            replica.metrics.requests.labels("GET", "/health", "200").inc()
         peer_texts = [text for text in await one.ask("metrics", ()) if isinstance(text, str)]
-        families = {
-            family.name: family for family in text_string_to_metric_families(one.metrics.render(peer_texts).decode())
-        }
+        text = one.metrics.render(peer_texts).decode()
+        declared = [line for line in text.splitlines() if line.startswith("# TYPE ")]
+        assert len(declared) == len(set(declared)), "a family declared twice: strict scrapers reject the page"
+        families = {family.name: family for family in text_string_to_metric_families(text)}
         streams = {
             sample.labels["replica"]: sample.value
             for sample in families["xtts_streams"].samples
