@@ -58,9 +58,6 @@ def main() -> None:
     except ValidationError as error:
         sys.exit(f"invalid settings: {error}")
     configure_logging(server.DEBUG)
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
     started = time.monotonic()
     if cluster.RAY_ADDRESS is not None and SECRET_SETTINGS & server.model_fields_set:
         logger.warning(
@@ -82,6 +79,9 @@ def main() -> None:
         logging_level=logging.WARNING,
         **local_head,
     )
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs handlers of its own
+        signal.signal(signum, lambda *_: stop.set())
     try:
         serve.start(http_options={"host": server.HOST, "port": server.PORT})
         # Returns once every replica has loaded and warmed its model (their lifespans wait for it).
