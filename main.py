@@ -21,11 +21,12 @@ from api.cors import allow_origins, guard_writes
 from api.errors import register_exception_handlers
 from api.observability import ReplicaHeaderMiddleware, RequestCountMiddleware
 from api.routes import router
-from api.state import AppState, ModelServices, attach
+from api.state import AppState, ModelServices, XttsApiState, attach
 from api.upload_limit import UploadLimitMiddleware
 from config import Settings, get_settings
 from services.admission import AdmissionGate
 from services.cache import SpeakerCache
+from services.client_settings import ClientSettingsFile
 from services.engine.model_loader import ModelChoice, pick_device
 from services.engine.scheduler import BatchLimits
 from services.engine.tts import TTSEngine
@@ -39,6 +40,8 @@ from services.voice_store import VoiceStore
 from services.voices import CloneLimits, VoiceService
 
 logger = logging.getLogger("xtts_server")
+
+XTTS_API_SETTINGS_FILE = ".xtts-api-settings.json"  # in VOICES_DIR: shared by every replica on that folder
 
 DESCRIPTION = """
 Streams speech from Coqui XTTS v2 as it is generated: clone a voice from a few seconds of audio,
@@ -60,6 +63,7 @@ def _build_state(settings: Settings, peers: Peers) -> AppState:
     return AppState(
         settings=settings, gate=gate, cache=cache, sessions=sessions, metrics=metrics, peers=peers,
         directory=SessionDirectory(sessions, peers),
+        xtts_api=XttsApiState(ClientSettingsFile(settings.VOICES_DIR / XTTS_API_SETTINGS_FILE)),
     )  # fmt: skip
 
 

@@ -6,13 +6,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
+import anyio
 from cachetools import TTLCache
+from pydantic import ValidationError
 from starlette.applications import Starlette
 
 from config import Settings
 from models.xtts_api import TtsSettings
 from services.admission import AdmissionGate
 from services.cache import SpeakerCache
+from services.client_settings import ClientSettingsFile
 from services.engine.tts import TTSEngine
 from services.metrics import Metrics
 from services.peers import Peers, SessionDirectory
@@ -37,14 +40,21 @@ class ModelServices:
 @dataclass
 class XttsApiState:
     """xtts-api-server's state: the generation settings its clients set (/set_tts_settings; one set per API key,
-    so with keys on nobody changes another's), and the voice previews made for its /sample (kept 10 minutes: a
-    re-saved voice's preview may lag that long)."""
+    so with keys on nobody changes another's; in a file beside the voices, shared by every replica), and the voice
+    previews made for its /sample (kept 10 minutes: a re-saved voice's preview may lag that long)."""
 
-    tts_settings: dict[str | None, TtsSettings] = field(default_factory=dict)
+    settings_file: ClientSettingsFile
     previews: TTLCache[str, bytes] = field(default_factory=lambda: TTLCache(maxsize=64, ttl=600))
 
-    def settings_for(self, key_id: str | None) -> TtsSettings:
-        return self.tts_settings.get(key_id) or TtsSettings()
+    async def settings_for(self, key_id: str | None) -> TtsSettings:
+        values = await anyio.to_thread.run_sync(self.settings_file.read, key_id)
+        try:
+            return TtsSettings.model_validate(values)
+        except ValidationError:  # a hand-edited file: the defaults rather than an error on every request
+            return TtsSettings()
+
+    async def change_settings(self, key_id: str | None, changed: dict[str, object]) -> None:
+        await anyio.to_thread.run_sync(self.settings_file.update, key_id, changed)
 
 
 @dataclass
@@ -60,11 +70,11 @@ class AppState:
     """The other replicas (NO_PEERS for a server on its own)."""
     directory: SessionDirectory
     """Sessions here or on another replica (/stream_status, /stream_cancel)."""
+    xtts_api: XttsApiState
     started_at: float = field(default_factory=time.time)
     status: ServerStatus = "loading"
     failure: str | None = None
     model: ModelServices | None = None
-    xtts_api: XttsApiState = field(default_factory=XttsApiState)
 
     def begin_draining(self) -> None:
         """Refuse new streams (503) while running ones finish."""

@@ -42,8 +42,8 @@ def _voice_id(speaker_wav: str) -> str:
     return name[:-4] if name.lower().endswith(".wav") else name
 
 
-def _job(text: str, speaker_wav: str, language: str, state: XttsApiState, caller: Caller) -> SpeechJob:
-    settings = state.settings_for(caller.key_id)
+async def _job(text: str, speaker_wav: str, language: str, state: XttsApiState, caller: Caller) -> SpeechJob:
+    settings = await state.settings_for(caller.key_id)
     options = SpeechOptions(
         temperature=settings.temperature,
         top_p=settings.top_p,
@@ -80,15 +80,15 @@ async def languages() -> dict[str, dict[str, str]]:
 
 @router.get("/get_tts_settings", summary="The server-wide generation settings")
 async def get_tts_settings(state: XttsApiDep, caller: CallerDep) -> TtsSettings:
-    return state.settings_for(caller.key_id)
+    return await state.settings_for(caller.key_id)
 
 
 @router.post("/set_tts_settings", summary="Change the server-wide generation settings")
 async def set_tts_settings(update: TtsSettingsUpdate, state: XttsApiDep, caller: CallerDep) -> dict[str, str]:
     """They apply to this API's speech routes (/tts_to_audio/, /tts_stream), not to coqui's or OpenAI's; with API
-    keys on, to the calling key's requests only."""
-    changed = update.model_dump(exclude_none=True)
-    state.tts_settings[caller.key_id] = state.settings_for(caller.key_id).model_copy(update=changed)
+    keys on, to the calling key's requests only. Kept beside the voices: every replica applies them, and they
+    survive a restart."""
+    await state.change_settings(caller.key_id, update.model_dump(exclude_none=True))
     return {"message": "Settings successfully applied"}
 
 
@@ -97,7 +97,7 @@ async def set_tts_settings(update: TtsSettingsUpdate, state: XttsApiDep, caller:
 async def tts_to_audio(
     body: SynthesisRequest, request: Request, speech: SpeechDep, state: XttsApiDep, caller: CallerDep
 ) -> Response:
-    job = _job(body.text, body.speaker_wav, body.language, state, caller)
+    job = await _job(body.text, body.speaker_wav, body.language, state, caller)
     stream, pcm = await speak_whole(request, speech, job)
     audio = await anyio.to_thread.run_sync(encode_whole, pcm, "wav", 24000)
     headers = {**stream_headers(stream, 24000), "Content-Disposition": 'attachment; filename="output.wav"'}
@@ -116,7 +116,7 @@ async def tts_stream(
     language: Annotated[Language, Query()],
 ) -> Response:
     """A WAV header at once, then 16-bit PCM as it is made: a browser can play it from `<audio src>`."""
-    stream = await open_admitted(request, speech, _job(text, speaker_wav, language, state, caller))
+    stream = await open_admitted(request, speech, await _job(text, speaker_wav, language, state, caller))
     return AudioStreamResponse(stream, AudioEncoder("wav"), stream_headers(stream, 24000))
 
 

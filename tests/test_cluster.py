@@ -245,6 +245,17 @@ def test_a_voice_saved_overwritten_or_deleted_through_one_replica_is_seen_by_the
     assert gone.status_code == 404 and gone.json()["error"] == "voice_not_found", gone.text
 
 
+def test_xtts_api_settings_set_through_one_replica_apply_on_the_other(cluster: Cluster) -> None:
+    """SillyTavern sets its defaults once (/xtts-api/set_tts_settings), then speaks through any replica."""
+    with httpx.Client(base_url=cluster.url, timeout=30) as client:
+        answer = client.post("/xtts-api/set_tts_settings", json={"temperature": 0.55, "speed": 1.25})
+        assert answer.status_code == 200, answer.text
+    other = cluster.until_other_replica(
+        lambda client: client.get("/xtts-api/get_tts_settings"), answer.headers["x-replica"]
+    )
+    assert (other.json()["temperature"], other.json()["speed"]) == (0.55, 1.25)
+
+
 def test_status_and_cancel_reach_the_replica_that_runs_the_stream(cluster: Cluster) -> None:
     for _attempt in range(12):
         stream = RawStream(cluster, speech(LONG_TEXT))

@@ -17,6 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cluster.exchange import Exchange
+from services.client_settings import ClientSettingsFile
 from services.errors import SessionConflict, SessionNotFound
 from services.metrics import LiveFigures, Metrics
 from services.peers import LocalAnswers, Question, SessionDirectory
@@ -178,3 +179,37 @@ def test_only_dead_writers_temporary_files_are_removed(tmp_path: Path) -> None:
     old = time.time() - 3600
     os.utime(elsewhere, (old, old))
     assert store.remove_leftovers() == 1 and not elsewhere.exists() and writing.exists()
+
+
+def test_client_settings_set_through_one_replica_apply_on_every_replica(tmp_path: Path) -> None:
+    path = tmp_path / "voices" / ".xtts-api-settings.json"
+    one, two = ClientSettingsFile(path), ClientSettingsFile(path)
+    assert one.read(None) == {}
+    one.update(None, {"temperature": 0.5})
+    two.update("key-a", {"speed": 1.5})
+    assert two.read(None) == {"temperature": 0.5} and one.read("key-a") == {"speed": 1.5}
+    two.update(None, {"top_k": 10})
+    assert one.read(None) == {"temperature": 0.5, "top_k": 10}  # merged, and not stale in `one`'s cache
+
+
+def test_concurrent_client_settings_from_several_processes_lose_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "settings.json"
+    writer = (
+        "import sys; from pathlib import Path; from services.client_settings import ClientSettingsFile\n"
+        "store = ClientSettingsFile(Path(sys.argv[1]))\n"
+        "for i in range(30): store.update(sys.argv[2], {f'v{i}': i})\n"
+    )
+    processes = [
+        subprocess.Popen([sys.executable, "-c", writer, str(path), f"key-{n}"], cwd=Path(__file__).parent.parent)
+        for n in range(3)
+    ]
+    assert [process.wait(60) for process in processes] == [0, 0, 0]
+    store = ClientSettingsFile(path)
+    assert all(store.read(f"key-{n}") == {f"v{i}": i for i in range(30)} for n in range(3))
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_an_unreadable_client_settings_file_means_the_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "settings.json"
+    path.write_text("{not json")
+    assert ClientSettingsFile(path).read(None) == {}
