@@ -130,7 +130,7 @@ async def _bring_up(state: AppState, engine: TTSEngine) -> None:
     state.model = ModelServices(
         engine=engine,
         voices=voices,
-        speech=SpeechService(engine, voices, state.sessions, state.gate, limits),
+        speech=SpeechService(engine, voices, state.sessions, state.gate, limits, state.directory),
         studio_speakers_json=await anyio.to_thread.run_sync(_studio_speakers_json, engine),
     )
     state.status = "ready"

@@ -103,14 +103,28 @@ class SessionDirectory:
                 )
         return _found(session_id, answers)
 
+    async def ensure_unused_elsewhere(self, session_id: str, owner: str | None) -> None:
+        """409 if another replica holds (or has just finished) this key's session with this id; this process's
+        registry checks its own as the stream registers. Two replicas claiming one id at the same instant can
+        both win: ids a client chooses should be unique anyway (the server's own are random)."""
+        if _found_or_none(await self._peers.ask("session", (session_id, owner, False))) is not None:
+            raise SessionConflict(f"session id {session_id!r} is already in use", session_id=session_id)
+
 
 def _plain(session: StreamSession) -> dict[str, object]:
     return {**dataclasses.asdict(session), "state": session.state.value}
 
 
 def _found(session_id: str, answers: list[object]) -> StreamSession:
+    session = _found_or_none(answers)
+    if session is None:
+        raise SessionNotFound(f"no stream session {session_id!r}", session_id=session_id)
+    return session
+
+
+def _found_or_none(answers: list[object]) -> StreamSession | None:
     for answer in answers:
         if isinstance(answer, tuple) and answer[0] == "found" and isinstance(answer[1], dict):
             fields = answer[1]
             return StreamSession(**{**fields, "state": StreamState(fields["state"])})
-    raise SessionNotFound(f"no stream session {session_id!r}", session_id=session_id)
+    return None

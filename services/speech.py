@@ -12,6 +12,7 @@ from services.engine.latents import LatentValues, VoiceLatents
 from services.engine.synthesis import ChunkSchedule, GenerationParams
 from services.engine.tts import TTSEngine
 from services.errors import InvalidInput, UnsupportedLanguage
+from services.peers import SessionDirectory
 from services.sessions import SessionRegistry, StreamSession, new_session_id
 from services.speech_stream import SpeechStream
 from services.voices import VoiceService
@@ -73,12 +74,14 @@ class SpeechService:
         sessions: SessionRegistry,
         gate: AdmissionGate,
         limits: SpeechLimits,
+        directory: SessionDirectory | None = None,
     ) -> None:
         self.engine = engine
         self.voices = voices
         self.sessions = sessions
         self.gate = gate
         self.limits = limits
+        self.directory = directory  # other replicas' sessions: a client-chosen id must be new there too
 
     async def open(self, job: SpeechJob) -> SpeechStream:
         """A registered, queued stream; raises a ServiceError (holding nothing) if the job cannot be served.
@@ -91,6 +94,8 @@ class SpeechService:
                 f"text has {len(job.text)} characters; MAX_TEXT_LENGTH is {self.limits.max_text_length}",
                 max_text_length=self.limits.max_text_length,
             )
+        if job.session_id is not None and self.directory is not None:
+            await self.directory.ensure_unused_elsewhere(job.session_id, job.owner)
         started = time.perf_counter()
         voice, voice_name = await self._voice(job.voice)
         latents_s = time.perf_counter() - started

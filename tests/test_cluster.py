@@ -288,6 +288,17 @@ def test_status_and_cancel_reach_the_replica_that_runs_the_stream(cluster: Clust
     raise AssertionError("no cancel was routed to a replica other than the stream's")
 
 
+def test_a_client_chosen_session_id_is_unique_across_replicas(cluster: Cluster) -> None:
+    def speak(client: httpx.Client) -> httpx.Response:
+        return client.post("/tts", json=speech(session_id="chosen-by-the-client"))
+
+    with httpx.Client(base_url=cluster.url, timeout=60) as client:
+        first = speak(client)
+    assert first.status_code == 200, first.text
+    again = cluster.until_other_replica(speak, first.headers["x-replica"])
+    assert again.status_code == 409 and again.json()["error"] == "session_conflict", again.text
+
+
 def test_unknown_sessions_are_404_from_every_replica(cluster: Cluster) -> None:
     with httpx.Client(base_url=cluster.url, timeout=30) as client:
         for _ in range(4):

@@ -97,6 +97,18 @@ def test_status_and_cancel_reach_the_replica_that_holds_the_session() -> None:
     run(main)
 
 
+def test_a_client_chosen_id_taken_on_another_replica_is_a_conflict() -> None:
+    async def main() -> None:
+        one, two = await two_replicas(Exchange())
+        one.sessions.register(Live("chosen", owner="key-a"))
+        with pytest.raises(SessionConflict, match="already in use"):
+            await two.directory.ensure_unused_elsewhere("chosen", "key-a")
+        await two.directory.ensure_unused_elsewhere("chosen", "key-b")  # ids are per key
+        await two.directory.ensure_unused_elsewhere("fresh", "key-a")
+
+    run(main)
+
+
 def test_another_keys_session_stays_unknown_on_every_replica() -> None:
     async def main() -> None:
         one, two = await two_replicas(Exchange())
