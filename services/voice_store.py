@@ -12,9 +12,11 @@ import os
 import socket
 import tempfile
 import time
+from collections.abc import Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
@@ -61,6 +63,29 @@ class VoiceRecord:
     description: str
     created_at: str
     size_bytes: int
+
+
+class VoiceStorage(Protocol):
+    """What the voice service needs of a store (a folder here; an object store could follow). Blocking calls.
+
+    Every replica of the server may share one store: writes must be atomic (a reader sees the old voice or the
+    new one, never half), and `version` must change on every write so replicas notice (a file's inode, size and
+    mtime here; an object store's ETag).
+    """
+
+    def version(self, voice_id: str) -> Hashable | None:
+        """A token that changes whenever the voice is written; None if there is no such voice."""
+        ...
+
+    def save(
+        self, voice_id: str, latents: VoiceLatents, name: str, description: str, overwrite: bool
+    ) -> VoiceRecord: ...
+
+    def load(self, voice_id: str) -> tuple[VoiceRecord, VoiceLatents]: ...
+
+    def records(self) -> list[VoiceRecord]: ...
+
+    def delete(self, voice_id: str) -> None: ...
 
 
 class VoiceStore:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Hashable
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -18,7 +19,7 @@ from services.engine.latents import LatentValues, VoiceLatents
 from services.engine.tts import TTSEngine
 from services.errors import InvalidInput, VoiceNotFound
 from services.ids import is_valid_id
-from services.voice_store import VoiceRecord, VoiceStore
+from services.voice_store import VoiceRecord, VoiceStorage
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class VoiceService:
     def __init__(
         self,
         engine: TTSEngine,
-        store: VoiceStore,
+        store: VoiceStorage,
         cache: SpeakerCache,
         gate: AdmissionGate | None = None,
         clone_limits: CloneLimits | None = None,
@@ -68,7 +69,7 @@ class VoiceService:
         self.cache = cache
         self.gate = gate
         self.clone_limits = clone_limits or CloneLimits()
-        self._versions: dict[str, tuple[int, int, int] | None] = {}  # of the file each cached voice came from
+        self._versions: dict[str, Hashable] = {}  # of the file each cached voice came from
 
     async def resolve(self, speaker_id: str) -> VoiceLatents:
         """Latents on the model's device for a saved voice or, failing that, a built-in speaker."""
