@@ -8,6 +8,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from fastapi import Request
+from starlette.types import Receive
 
 from api.errors import ClientDisconnected
 from services.speech import SpeechJob, SpeechService
@@ -16,9 +17,11 @@ from services.speech_stream import SpeechStream
 T = TypeVar("T")
 
 
-async def _disconnected(request: Request) -> None:
-    with contextlib.suppress(Exception):  # how some servers say the client went: Ray Serve cancels the request
-        while (await request.receive())["type"] != "http.disconnect":
+async def client_gone(receive: Receive) -> None:
+    """Returns once the client has gone: an http.disconnect, or an error from `receive`, which is how some
+    servers say it (Ray Serve cancels the request under us)."""
+    with contextlib.suppress(Exception):
+        while (await receive())["type"] != "http.disconnect":
             pass
 
 
@@ -26,7 +29,7 @@ async def until_disconnected(request: Request, work: Coroutine[Any, Any, T], on_
     """Await `work`; if the client goes away first, call `on_disconnect`, cancel the work and raise
     ClientDisconnected (also when the work finished just as the client left)."""
     task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(request))
+    watcher = asyncio.ensure_future(client_gone(request.receive))
     try:
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
     finally:

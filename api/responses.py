@@ -11,6 +11,7 @@ import anyio
 from fastapi.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from api.disconnect import client_gone
 from services.speech_stream import SpeechStream
 
 logger = logging.getLogger(__name__)
@@ -70,11 +71,7 @@ class AudioStreamResponse(Response):
             async with stream, anyio.create_task_group() as group:
 
                 async def watch_disconnect() -> None:
-                    try:
-                        while (await receive())["type"] != "http.disconnect":
-                            pass
-                    except Exception:  # how some servers say the client went: Ray Serve cancels the request
-                        pass
+                    await client_gone(receive)
                     stream.cancel("client disconnected")
                     group.cancel_scope.cancel()
 

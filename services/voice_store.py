@@ -46,12 +46,12 @@ def _writer_alive(temp_name: str) -> bool:
     if host != socket.gethostname():
         return True  # another machine's replica on a shared folder: only its age tells
     try:
-        os.kill(int(pid), 0)
+        os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
-    return int(pid) != 0
+    except PermissionError:  # it exists, as another user's process
+        pass
+    return True
 
 
 @dataclass(frozen=True)

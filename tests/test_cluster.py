@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,7 +102,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             process.wait()
 
 
-def wait_for_replicas(cluster: Cluster, count: int, not_in: set[str] = frozenset()) -> set[str]:  # type: ignore[assignment]
+def wait_for_replicas(cluster: Cluster, count: int, not_in: AbstractSet[str] = frozenset()) -> set[str]:
     """Ready replicas (at least `count` seen answering /ready, none of `not_in`)."""
     seen: set[str] = set()
     deadline = time.monotonic() + START_TIMEOUT_S
