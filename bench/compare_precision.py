@@ -21,8 +21,8 @@ from pathlib import Path
 from bench import precision
 from config import Settings
 from main import model_choice
-from services.engine.gpt_sampler import SamplingSettings
-from services.engine.synthesis import GenerationParams
+from services.engine.params import SamplingSettings
+from services.engine.params import GenerationParams
 from services.engine.tts import TTSEngine
 
 DEFAULT_TEXT = "The quick brown fox jumps over the lazy dog. A second sentence, with a comma, lets you hear the pauses."

@@ -14,10 +14,12 @@ import torch
 
 from services.cache import SpeakerCache
 from services.engine.cloning import CloneSettings, compute_voice_latents
-from services.engine.gpt_sampler import SamplingSettings, StepTimings
+from services.engine.gpt_sampler import StepTimings
+from services.engine.params import SamplingSettings
 from services.engine.latents import VoiceLatents
 from services.engine.pcm import to_pcm16
-from services.engine.synthesis import GenerationParams, stream_sentence
+from services.engine.params import GenerationParams
+from services.engine.synthesis import stream_sentence
 from services.engine.tts import TTSEngine
 
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from services.engine.gpt_sampler import SamplingSettings, StepTimings, sample_audio_latents
+from services.engine.gpt_sampler import StepTimings, sample_audio_latents
+from services.engine.params import SamplingSettings
 from services.engine.latents import VoiceLatents
 from services.engine.model_loader import LoadedModel
 from services.engine.precision import (

@@ -7,9 +7,9 @@ import time
 from dataclasses import dataclass, field
 
 from services.admission import AdmissionGate
-from services.engine.gpt_sampler import SamplingSettings
+from services.engine.params import SamplingSettings
 from services.engine.latents import LatentValues, VoiceLatents
-from services.engine.synthesis import ChunkSchedule, GenerationParams
+from services.engine.params import ChunkSchedule, GenerationParams
 from services.engine.tts import TTSEngine
 from services.errors import InvalidInput, UnsupportedLanguage
 from services.peers import SessionDirectory

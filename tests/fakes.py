@@ -26,7 +26,7 @@ from services.engine.latents import LatentValues, VoiceLatents, normalize_latent
 from services.engine.model_loader import LoadedModel
 from services.engine.pcm import OUTPUT_SAMPLE_RATE
 from services.engine.scheduler import BatchLimits, BatchScheduler, StepOutput, StreamWork
-from services.engine.synthesis import GenerationParams
+from services.engine.params import GenerationParams
 from services.engine.synthesis_stream import SynthesisStream
 from services.engine.text import Sentence
 from services.errors import InvalidInput

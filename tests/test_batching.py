@@ -19,13 +19,15 @@ import pytest
 import torch
 
 from services.engine.batched_gpt import SlotKVCache, decode_step, prefill
-from services.engine.gpt_sampler import SamplingSettings, StepTimings, sample_audio_latents
+from services.engine.gpt_sampler import StepTimings, sample_audio_latents
+from services.engine.params import SamplingSettings
 from services.engine.latents import VoiceLatents
 from services.engine.model_loader import LoadedModel, ModelChoice, load_model
 from services.engine.pcm import to_pcm16
 from services.engine.precision import run_transformer
 from services.engine.scheduler import BatchLimits
-from services.engine.synthesis import ChunkSchedule, GenerationParams, stream_sentence
+from services.engine.params import ChunkSchedule, GenerationParams
+from services.engine.synthesis import stream_sentence
 from services.engine.synthesis_stream import SynthesisStream
 from services.engine.tts import TTSEngine
 from tests.audio_checks import pcm_snr_db

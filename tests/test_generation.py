@@ -12,10 +12,12 @@ import torch
 import torch.nn.functional as F
 
 from services.engine.cloning import CloneSettings, conditioning_windows
-from services.engine.gpt_sampler import SamplingSettings, StepTimings, conditioning_prefix, sample_audio_latents
+from services.engine.gpt_sampler import StepTimings, conditioning_prefix, sample_audio_latents
+from services.engine.params import SamplingSettings
 from services.engine.latents import VoiceLatents
 from services.engine.model_loader import LoadedModel
-from services.engine.synthesis import ChunkSchedule, GenerationParams, stream_sentence
+from services.engine.params import ChunkSchedule, GenerationParams
+from services.engine.synthesis import stream_sentence
 from services.engine.tts import TTSEngine
 from services.engine.vocoder import IncrementalVocoder
 from tests.conftest import BUILTIN_SPEAKER

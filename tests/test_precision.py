@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from config import Settings
-from services.engine.gpt_sampler import SamplingSettings, StepTimings, sample_audio_latents
+from services.engine.gpt_sampler import StepTimings, sample_audio_latents
+from services.engine.params import SamplingSettings
 from services.engine.model_loader import LoadedModel, ModelChoice, load_model
 from services.engine.precision import (
     GptPrecision,

@@ -25,20 +25,8 @@ from transformers.generation.logits_process import (
 )
 from TTS.tts.layers.xtts.gpt import GPT
 
+from services.engine.params import SamplingSettings
 from services.engine.precision import run_transformer
-
-
-@dataclass(frozen=True)
-class SamplingSettings:
-    """XTTS's sampling knobs (defaults as coqui's `Xtts.inference_stream`)."""
-
-    temperature: float = 0.75
-    top_p: float = 0.85
-    top_k: int = 50
-    repetition_penalty: float = 10.0
-    # Benchmarks pin the token count: random weights rarely sample the stop token.
-    min_new_tokens: int = 0
-    max_new_tokens: int | None = None
 
 
 @dataclass

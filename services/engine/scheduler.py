@@ -31,7 +31,7 @@ import torch
 from services.engine.gpt_sampler import StepTimings
 from services.engine.latents import VoiceLatents
 from services.engine.pcm import OUTPUT_SAMPLE_RATE, to_pcm16
-from services.engine.synthesis import GenerationParams
+from services.engine.params import GenerationParams
 from services.engine.text import Sentence
 
 logger = logging.getLogger(__name__)

@@ -10,31 +10,10 @@ from dataclasses import dataclass, field
 import torch
 from TTS.tts.models.xtts import Xtts
 
-from services.engine.gpt_sampler import PrefixKV, SamplingSettings, StepTimings, sample_audio_latents
+from services.engine.gpt_sampler import PrefixKV, StepTimings, sample_audio_latents
+from services.engine.params import GenerationParams
 from services.engine.latents import VoiceLatents
 from services.engine.vocoder import IncrementalVocoder
-
-
-@dataclass(frozen=True)
-class ChunkSchedule:
-    """Chunk sizes in GPT tokens: a short first chunk for a fast start, then doubling up to `max_tokens`."""
-
-    first_tokens: int = 1
-    max_tokens: int = 20
-
-    def after(self, tokens: int) -> int:
-        return min(max(tokens * 2, 1), self.max_tokens)
-
-
-@dataclass(frozen=True)
-class GenerationParams:
-    """Everything about how to speak, besides what and in whose voice."""
-
-    sampling: SamplingSettings = field(default_factory=SamplingSettings)
-    speed: float = 1.0
-    schedule: ChunkSchedule = field(default_factory=ChunkSchedule)
-    seed: int | None = None
-    """Seeds the stream's own random generator; None samples from torch's global one (as coqui does)."""
 
 
 def stream_sentence(

@@ -10,7 +10,7 @@ import torch
 from services.engine.gpt_sampler import StepTimings
 from services.engine.latents import VoiceLatents
 from services.engine.scheduler import SENTENCE_DONE, STREAM_END, BatchScheduler, StreamWork
-from services.engine.synthesis import GenerationParams
+from services.engine.params import GenerationParams
 from services.engine.text import Sentence
 
 

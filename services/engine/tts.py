@@ -24,11 +24,12 @@ from services.engine.cloning import (
     prepare_clip,
     speaker_embedding,
 )
-from services.engine.gpt_sampler import PrefixKV, SamplingSettings, conditioning_prefix
+from services.engine.gpt_sampler import PrefixKV, conditioning_prefix
+from services.engine.params import SamplingSettings
 from services.engine.latents import LatentValues, VoiceLatents, normalize_latents
 from services.engine.model_loader import LoadedModel, ModelChoice, load_model
 from services.engine.scheduler import BatchLimits, BatchScheduler
-from services.engine.synthesis import GenerationParams
+from services.engine.params import GenerationParams
 from services.engine.synthesis_stream import SynthesisStream
 from services.engine.text import Sentence, plan_sentences
 
