@@ -10,42 +10,19 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response
 
 from api.deps import CallerDep, SpeechDep
-from api.disconnect import open_admitted, until_disconnected
+from api.disconnect import open_admitted
 from api.errors import ERROR_RESPONSES
 from api.responses import AudioStreamResponse, stream_headers
-from models.inputs import GenerationOptions, SpeechRequest, VoiceAndFormat
+from api.speech_jobs import options_of, speak_whole, voice_of
+from models.inputs import SpeechRequest
 from services.encoders import AudioEncoder, encode_whole
 from services.formats import MEDIA_TYPES
-from services.speech import GivenLatents, SpeechJob, SpeechOptions, SpeechService
-from services.speech_stream import SpeechStream
+from services.speech import SpeechJob
 
 router = APIRouter(tags=["speech"], responses=ERROR_RESPONSES)
 
 _AUDIO_CONTENT: dict[str, dict[str, Any]] = {media_type: {} for media_type in MEDIA_TYPES.values()}
 _WAV_RESPONSE = {"content": _AUDIO_CONTENT, "description": "WAV (16-bit mono, 24 kHz) or the output_format asked for."}
-
-
-def voice_of(body: VoiceAndFormat) -> str | GivenLatents:
-    """The voice a body names: a speaker id, or the latents it carries."""
-    if body.speaker_id is not None:
-        return body.speaker_id
-    # the model's validator has made sure both are there
-    assert body.gpt_cond_latent is not None and body.speaker_embedding is not None
-    return GivenLatents(body.gpt_cond_latent, body.speaker_embedding)
-
-
-def options_of(body: GenerationOptions, seed: int | None) -> SpeechOptions:
-    """How to speak, as a body asks (`seed` passed apart: a socket derives one per sentence)."""
-    return SpeechOptions(
-        temperature=body.temperature,
-        top_p=body.top_p,
-        top_k=body.top_k,
-        repetition_penalty=body.repetition_penalty,
-        speed=body.speed,
-        stream_chunk_size=body.stream_chunk_size,
-        enable_text_splitting=body.enable_text_splitting,
-        seed=seed,
-    )
 
 
 def speech_job(body: SpeechRequest, owner: str | None) -> SpeechJob:
@@ -99,20 +76,6 @@ async def tts(
     if body.output_format == "wav" and _wants_base64(accept, explicit_latents=body.speaker_id is None):
         return JSONResponse(base64.b64encode(audio).decode("ascii"), headers=headers)
     return Response(audio, media_type=MEDIA_TYPES[body.output_format], headers=headers)
-
-
-async def speak_whole(request: Request, speech: SpeechService, job: SpeechJob) -> tuple[SpeechStream, bytes]:
-    """All of a job's 16-bit PCM, once it is spoken; stops (and raises ClientDisconnected) if the client leaves."""
-    stream = await open_admitted(request, speech, job)
-    async with stream:
-        pcm = await until_disconnected(
-            request, _collect(stream), on_disconnect=lambda: stream.cancel("client disconnected")
-        )
-    return stream, pcm
-
-
-async def _collect(stream: SpeechStream) -> bytes:
-    return b"".join([chunk async for chunk in stream])
 
 
 def _wants_base64(accept: str | None, explicit_latents: bool) -> bool:

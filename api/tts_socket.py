@@ -32,7 +32,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from api.access import LOCAL_CALLER, Caller
 from api.responses import encode_chunk
-from api.speech import options_of, voice_of
+from api.speech_jobs import options_of, voice_of
 from api.state import app_state
 from models.inputs import SocketConfig, SocketMessage, parse_socket_message
 from services.encoders import AudioEncoder

@@ -21,7 +21,7 @@ from api.deps import CallerDep, SpeechDep, VoicesDep, XttsApiDep
 from api.disconnect import open_admitted
 from api.errors import XTTS_API_ERROR_RESPONSES
 from api.responses import AudioStreamResponse, stream_headers
-from api.speech import speak_whole
+from api.speech_jobs import speak_whole
 from api.state import XttsApiState
 from models.inputs import Language, Text
 from models.xtts_api import LANGUAGE_NAMES, Speaker, SynthesisRequest, TtsSettings, TtsSettingsUpdate
