@@ -28,7 +28,8 @@ from services.admission import AdmissionGate
 from services.cache import SpeakerCache
 from services.client_settings import ClientSettingsFile
 from services.engine.model_loader import ModelChoice, pick_device
-from services.engine.scheduler import BatchLimits
+from services.engine.plan import BatchLimits
+from services.engine.protocol import Engine
 from services.engine.tts import TTSEngine
 from services.errors import ModelUnavailable
 from services.metrics import LiveFigures, Metrics
@@ -103,12 +104,12 @@ def batch_limits(settings: Settings) -> BatchLimits:
     return BatchLimits(max_batch_size=size, buffer_seconds=settings.STREAM_BUFFER_SECONDS)
 
 
-def _studio_speakers_json(engine: TTSEngine) -> bytes:
+def _studio_speakers_json(engine: Engine) -> bytes:
     """coqui's /studio_speakers answer: every built-in speaker with its latents as lists."""
     return json.dumps({name: latents.as_lists() for name, latents in engine.builtin_speakers.items()}).encode()
 
 
-async def _bring_up(state: AppState, engine: TTSEngine) -> None:
+async def _bring_up(state: AppState, engine: Engine) -> None:
     """Warm the model, then open the voice store and the services."""
     settings = state.settings
     loaded = engine.loaded
@@ -119,6 +120,7 @@ async def _bring_up(state: AppState, engine: TTSEngine) -> None:
     )  # fmt: skip
     logger.info("warm-up generation took %.2f s", await anyio.to_thread.run_sync(engine.warm_up))
     scheduler = engine.scheduler
+    state.gate.fit_to(scheduler.limits.max_batch_size)  # the gate's queue is the only one
     state.metrics.figures.batch = lambda: (scheduler.running, scheduler.limits.max_batch_size, scheduler.steps)
     store = VoiceStore(settings.VOICES_DIR, engine.latent_dim, engine.embedding_dim)
     if removed := await anyio.to_thread.run_sync(store.remove_leftovers):
@@ -144,7 +146,7 @@ def _default_exit() -> None:
 
 def create_app(
     settings: Settings | None = None,
-    engine: TTSEngine | None = None,
+    engine: Engine | None = None,
     request_exit: Callable[[], None] = _default_exit,
     peers: Peers = NO_PEERS,
     wait_for_model: bool = False,
@@ -160,7 +162,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = _build_state(settings, peers)
         attach(app, state)
-        owned_engine: TTSEngine | None = None  # shut down here; an engine passed in belongs to its caller
+        owned_engine: Engine | None = None  # shut down here; an engine passed in belongs to its caller
 
         async def bring_up() -> None:
             nonlocal owned_engine

@@ -6,12 +6,12 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from api.access import LOCAL_CALLER, Caller
+from api.middleware.api_keys import LOCAL_CALLER, Caller
 from api.state import AppState, ModelServices, XttsApiState, app_state
 from config import Settings
 from services.admission import AdmissionGate
 from services.cache import SpeakerCache
-from services.engine.tts import TTSEngine
+from services.engine.protocol import Engine
 from services.errors import Forbidden, NotReady
 from services.peers import SessionDirectory
 from services.speech import SpeechService
@@ -54,7 +54,7 @@ def get_settings(state: StateDep) -> Settings:
     return state.settings
 
 
-def get_engine(model: ModelDep) -> TTSEngine:
+def get_engine(model: ModelDep) -> Engine:
     return model.engine
 
 
@@ -85,7 +85,7 @@ def get_xtts_api(state: StateDep) -> XttsApiState:
 
 CallerDep = Annotated[Caller, Depends(get_caller)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-EngineDep = Annotated[TTSEngine, Depends(get_engine)]
+EngineDep = Annotated[Engine, Depends(get_engine)]
 SpeechDep = Annotated[SpeechService, Depends(get_speech)]
 VoicesDep = Annotated[VoiceService, Depends(get_voices)]
 SessionsDep = Annotated[SessionDirectory, Depends(get_sessions)]

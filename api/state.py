@@ -16,7 +16,7 @@ from models.xtts_api import TtsSettings
 from services.admission import AdmissionGate
 from services.cache import SpeakerCache
 from services.client_settings import ClientSettingsFile
-from services.engine.tts import TTSEngine
+from services.engine.protocol import Engine
 from services.metrics import Metrics
 from services.peers import Peers, SessionDirectory
 from services.sessions import SessionRegistry
@@ -30,7 +30,7 @@ ServerStatus = Literal["loading", "ready", "draining", "failed"]
 class ModelServices:
     """What exists once the model has loaded."""
 
-    engine: TTSEngine
+    engine: Engine
     voices: VoiceService
     speech: SpeechService
     studio_speakers_json: bytes

@@ -27,8 +27,8 @@ class ModelInfo(BaseModel):
 
 class LoadInfo(BaseModel):
     in_flight: int = Field(description="Requests admitted and not yet finished.")
-    queued: int = Field(description="Requests waiting for a slot.")
-    capacity: int = Field(description="MAX_CONCURRENT_REQUESTS.")
+    queued: int = Field(description="Requests waiting for a slot (the one queue: beyond the batch too).")
+    capacity: int = Field(description="Requests admitted at once: MAX_CONCURRENT_REQUESTS, at most the batch rows.")
     max_queue: int = Field(description="MAX_QUEUE_SIZE.")
     model_jobs: int = Field(description="Jobs sent to the model thread since start (batch steps, clones, warm-up).")
     decoding: int = Field(description="Streams in the decoding batch now (paused slow readers included).")

@@ -17,9 +17,8 @@ from typing import Any
 
 import torch
 
-from services.engine.params import SamplingSettings
 from services.engine.latents import VoiceLatents
-from services.engine.params import GenerationParams
+from services.engine.params import GenerationParams, SamplingSettings
 from services.engine.tts import TTSEngine
 
 REPETITION_PENALTY = 5.0

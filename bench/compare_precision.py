@@ -21,8 +21,7 @@ from pathlib import Path
 from bench import precision
 from config import Settings
 from main import model_choice
-from services.engine.params import SamplingSettings
-from services.engine.params import GenerationParams
+from services.engine.params import GenerationParams, SamplingSettings
 from services.engine.tts import TTSEngine
 
 DEFAULT_TEXT = "The quick brown fox jumps over the lazy dog. A second sentence, with a comma, lets you hear the pauses."
@@ -62,9 +61,7 @@ def main() -> None:
         raise SystemExit("this checkpoint has no built-in speakers (speakers_xtts.pth); give --speaker")
     args.out.mkdir(parents=True, exist_ok=True)
     voice = reference_engine.builtin_speakers[speaker]
-    text_tokens, audio = thread.submit(
-        precision.reference_tokens, loaded.model, voice, args.text, 200, args.seed
-    ).result()
+    text_tokens, audio = precision.reference_tokens(reference_engine, voice, args.text, 200, args.seed)
     figures: dict[str, dict[str, float | str]] = {}
     for gpt_precision, vocoder_precision in precision.variants(loaded.device):
         name = precision.label(gpt_precision, vocoder_precision)

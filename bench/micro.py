@@ -13,13 +13,20 @@ import numpy as np
 import torch
 
 from services.cache import SpeakerCache
-from services.engine.cloning import CloneSettings, compute_voice_latents
-from services.engine.gpt_sampler import StepTimings
-from services.engine.params import SamplingSettings
+from services.engine.batch_decoder import GptBatchDecoder
+from services.engine.cloning import (
+    CloneSettings,
+    combine,
+    conditioning_part,
+    conditioning_windows,
+    prepare_clip,
+    speaker_embedding,
+)
 from services.engine.latents import VoiceLatents
+from services.engine.params import GenerationParams, SamplingSettings
 from services.engine.pcm import to_pcm16
-from services.engine.params import GenerationParams
-from services.engine.synthesis import stream_sentence
+from services.engine.stream import SynthesisRequest
+from services.engine.text import Sentence
 from services.engine.tts import TTSEngine
 
 
@@ -40,10 +47,26 @@ def _old_to_pcm16(wav: torch.Tensor) -> bytes:
 
 
 def _generate(engine: TTSEngine, voice: VoiceLatents, tokens: int) -> None:
+    """One stream through the decoder, a batch of one, on the calling thread (the model thread here)."""
     text = torch.IntTensor(engine.model.tokenizer.encode("hello there.", "en")).unsqueeze(0).to(engine.device)
     params = GenerationParams(sampling=SamplingSettings(min_new_tokens=tokens, max_new_tokens=tokens))
-    for _ in stream_sentence(engine.model, text, voice, params, threading.Event(), StepTimings()):
+    request = SynthesisRequest([Sentence("hello there.", text)], voice, params, threading.Event())
+    decoder = GptBatchDecoder(engine.model, engine.device, engine.voice_prefix)
+    decoder.join(request)
+    decoder.prefill(request)
+    while not decoder.step([request])[0].finished:
         pass
+    decoder.leave(request)
+
+
+def _clone(engine: TTSEngine, clips: list[np.ndarray]) -> None:
+    """The steps of TTSEngine.clone_voice, on the calling thread (the model thread here)."""
+    settings = CloneSettings()
+    prepared = [prepare_clip(clip, settings) for clip in clips]
+    embeddings = [speaker_embedding(engine.model, clip) for clip in prepared]
+    joined = np.concatenate(prepared)
+    windows = conditioning_windows(joined.size, settings, bool(engine.model.args.gpt_use_perceiver_resampler))
+    combine([conditioning_part(engine.model, joined, window, settings) for window in windows], embeddings)
 
 
 def smaller_wins(engine: TTSEngine, stock: Any, voice: VoiceLatents) -> dict[str, dict[str, float | str]]:
@@ -57,7 +80,7 @@ def smaller_wins(engine: TTSEngine, stock: Any, voice: VoiceLatents) -> dict[str
 
     reference = [np.random.default_rng(0).standard_normal(22050 * 6).astype(np.float32) * 0.1]
     with torch.inference_mode():
-        compute = _median_s(lambda: compute_voice_latents(engine.model, reference, CloneSettings()), repeats=2)
+        compute = _median_s(lambda: _clone(engine, reference), repeats=2)
     cache = SpeakerCache(10, 60)
 
     async def load() -> VoiceLatents:

@@ -8,23 +8,24 @@ checkpoint, `make compare-precision` writes each precision's WAV to listen to.
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
 
-from services.engine.gpt_sampler import StepTimings, sample_audio_latents
-from services.engine.params import SamplingSettings
+from services.engine.gpt_sampler import teacher_forced
 from services.engine.latents import VoiceLatents
 from services.engine.model_loader import LoadedModel
+from services.engine.params import GenerationParams, SamplingSettings
 from services.engine.precision import (
     GptPrecision,
     VocoderPrecision,
     apply_gpt_precision,
     apply_vocoder_precision,
-    teacher_forced,
 )
 from services.engine.tts import TTSEngine
 from services.engine.vocoder import IncrementalVocoder
@@ -67,17 +68,21 @@ def decode(model: Any, latents: torch.Tensor, voice: VoiceLatents) -> torch.Tens
 
 
 def reference_tokens(
-    model: Any, voice: VoiceLatents, text: str, tokens: int, seed: int
+    engine: TTSEngine, voice: VoiceLatents, text: str, tokens: int, seed: int
 ) -> tuple[torch.Tensor, list[int]]:
-    """Text tokens and `tokens` audio tokens sampled by the float32 GPT."""
-    text_tokens = (
-        torch.IntTensor(model.tokenizer.encode(text.lower(), "en")).unsqueeze(0).to(voice.gpt_cond_latent.device)
-    )
+    """Text tokens and `tokens` audio tokens sampled through `engine` (float32). Call it off the model thread."""
+    sentences = asyncio.run(engine.plan(text, "en", False))
     settings = SamplingSettings(repetition_penalty=5.0, min_new_tokens=tokens, max_new_tokens=tokens)
-    generator = torch.Generator(device=voice.gpt_cond_latent.device).manual_seed(seed)
-    with torch.inference_mode():
-        steps = sample_audio_latents(model.gpt, voice.gpt_cond_latent, text_tokens, settings, generator, StepTimings())
-        return text_tokens, [token for token, _latent in steps]
+    params = GenerationParams(sampling=settings, seed=seed)
+
+    async def sample() -> list[int]:
+        stream = engine.synthesize(sentences[:1], voice, params, threading.Event())
+        async for _ in stream:
+            pass
+        await stream.wait_idle()
+        return list(stream.audio_tokens)
+
+    return sentences[0].tokens.to(engine.device), asyncio.run(sample())
 
 
 def fidelity(
@@ -109,7 +114,7 @@ def precision_table(
 
     Everything runs on `thread`, the model thread, as in the server (see TTSEngine.start).
     """
-    text_tokens, audio = thread.submit(reference_tokens, loaded.model, voice, text, tokens, seed).result()
+    text_tokens, audio = reference_tokens(TTSEngine(loaded, thread), voice, text, tokens, seed)
     rows: dict[str, dict[str, Any]] = {}
     for gpt_precision, vocoder_precision in variants(loaded.device):
         print(f"  precision {label(gpt_precision, vocoder_precision)} ...", flush=True)

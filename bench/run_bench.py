@@ -35,10 +35,9 @@ from bench import batching, micro, precision
 from config import Settings
 from main import model_choice
 from services.engine.dummy_model import build_dummy_xtts
-from services.engine.params import SamplingSettings
 from services.engine.latents import VoiceLatents
 from services.engine.model_loader import pick_device
-from services.engine.params import GenerationParams
+from services.engine.params import GenerationParams, SamplingSettings
 from services.engine.tts import TTSEngine
 
 REPO = Path(__file__).resolve().parent.parent

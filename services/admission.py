@@ -10,7 +10,11 @@ from services.errors import NotReady, Overloaded
 
 
 class AdmissionGate:
-    """MAX_CONCURRENT_REQUESTS slots behind a MAX_QUEUE_SIZE queue with QUEUE_TIMEOUT."""
+    """min(MAX_CONCURRENT_REQUESTS, batch rows) slots behind a MAX_QUEUE_SIZE queue with QUEUE_TIMEOUT.
+
+    The server's one queue: an admitted request has a batch row waiting for it (the engine's scheduler
+    never holds a stream back), so whoever waits, waits here.
+    """
 
     def __init__(self, max_active: int, max_queue: int, queue_timeout_s: float) -> None:
         self.capacity = max_active
@@ -22,6 +26,15 @@ class AdmissionGate:
         self.draining = False
         # Smoothed seconds a slot is held, for Retry-After.
         self._average_hold_s = 2.0
+
+    def fit_to(self, rows: int) -> None:
+        """Admit no more requests than the engine has batch rows, so a request beyond the batch waits here,
+        in the one queue (counted in /health, bounded by QUEUE_TIMEOUT), not inside the engine. Call it
+        before anything is admitted (at start-up)."""
+        if rows < self.capacity:
+            assert self.in_flight == 0 and self.queued == 0, "resize the gate before admitting anything"
+            self.capacity = rows
+            self._slots = asyncio.Semaphore(rows)
 
     def retry_after_s(self) -> int:
         waiting_rounds = (self.queued + 1) / self.capacity

@@ -10,7 +10,7 @@ from services.admission import AdmissionGate
 from services.engine.params import SamplingSettings
 from services.engine.latents import LatentValues, VoiceLatents
 from services.engine.params import ChunkSchedule, GenerationParams
-from services.engine.tts import TTSEngine
+from services.engine.protocol import Engine
 from services.errors import InvalidInput, UnsupportedLanguage
 from services.peers import SessionDirectory
 from services.sessions import SessionRegistry, StreamSession, new_session_id
@@ -69,7 +69,7 @@ class SpeechService:
 
     def __init__(
         self,
-        engine: TTSEngine,
+        engine: Engine,
         voices: VoiceService,
         sessions: SessionRegistry,
         gate: AdmissionGate,

@@ -90,12 +90,11 @@ class SpeechStream:
                 session.first_audio_at = time.time()
             session.audio_seconds += pcm_seconds(len(pcm))
             session.chunks_done = synthesis.sentences_done
-            if logger.isEnabledFor(logging.DEBUG):
-                timings = synthesis.timings
+            if logger.isEnabledFor(logging.DEBUG):  # stage timings come once, in the session's final log line
                 logger.debug(
-                    "session=%s chunk audio=%.3fs total=%.2fs at=%.3fs prefill=%.3fs gpt=%.3fs vocoder=%.3fs",
+                    "session=%s chunk audio=%.3fs total=%.2fs at=%.3fs buffered=%.2fs",
                     session.id, pcm_seconds(len(pcm)), session.audio_seconds, time.time() - session.created_at,
-                    timings.prefill_s, timings.gpt_steps_s, timings.vocoder_s,
+                    synthesis.buffered_seconds,
                 )  # fmt: skip
             yield pcm
 

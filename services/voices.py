@@ -16,7 +16,7 @@ from services.audio_intake import check_usable, decode_reference
 from services.cache import SpeakerCache
 from services.engine.cloning import CloneSettings
 from services.engine.latents import LatentValues, VoiceLatents
-from services.engine.tts import TTSEngine
+from services.engine.protocol import Engine
 from services.errors import InvalidInput, VoiceNotFound
 from services.ids import is_valid_id
 from services.voice_store import VoiceRecord, VoiceStorage
@@ -58,7 +58,7 @@ class VoiceService:
 
     def __init__(
         self,
-        engine: TTSEngine,
+        engine: Engine,
         store: VoiceStorage,
         cache: SpeakerCache,
         gate: AdmissionGate | None = None,

@@ -1,4 +1,4 @@
-"""A fake engine behind TTSEngine's interface: the serving layer's tests run without a model.
+"""A fake engine behind the Engine protocol: the serving layer's tests run without a model.
 
 Each sentence becomes `chunks_per_sentence` chunks of seeded noise, one per batched step on a worker
 thread, made by the real scheduler and SynthesisStream (only the model's part, the decoder, is
@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
@@ -24,12 +25,14 @@ from services.engine.cloning import CloneSettings
 from services.engine.languages import XTTS_LANGUAGES
 from services.engine.latents import LatentValues, VoiceLatents, normalize_latents
 from services.engine.model_loader import LoadedModel
-from services.engine.pcm import OUTPUT_SAMPLE_RATE
-from services.engine.scheduler import BatchLimits, BatchScheduler, StepOutput, StreamWork
 from services.engine.params import GenerationParams
+from services.engine.pcm import OUTPUT_SAMPLE_RATE
+from services.engine.plan import BatchLimits
+from services.engine.scheduler import BatchScheduler, RowOutput
+from services.engine.stream import StepTimings, StreamReport, SynthesisRequest
 from services.engine.synthesis_stream import SynthesisStream
 from services.engine.text import Sentence
-from services.errors import InvalidInput
+from services.errors import InvalidInput, InvalidLatents
 
 T = TypeVar("T")
 LATENT_DIM = 1024
@@ -45,20 +48,36 @@ def fake_latents(seed: int) -> VoiceLatents:
     )
 
 
+@dataclass
+class FakeRow:
+    """The fake decoder's state for one stream."""
+
+    generator: torch.Generator | None
+    sentence_index: int = 0
+    chunks_made: int = 0
+    """Chunks made of the current sentence."""
+    timings: StepTimings = field(default_factory=StepTimings)
+
+
 class FakeDecoder:
     """The scheduler's decoder with the model replaced by seeded noise: each step gives every stream one
     chunk, and a sentence is `chunks_per_sentence` chunks."""
 
     def __init__(self, engine: FakeEngine) -> None:
         self._engine = engine
+        self._rows: dict[SynthesisRequest, FakeRow] = {}
 
-    def begin_sentence(self, work: StreamWork) -> None:
-        work.decoding = 0  # chunks made of the current sentence
+    def join(self, request: SynthesisRequest) -> None:
+        seed = request.params.seed
+        self._rows[request] = FakeRow(torch.Generator().manual_seed(seed) if seed is not None else None)
 
-    def step(self, works: list[StreamWork]) -> list[StepOutput]:
+    def prefill(self, request: SynthesisRequest) -> None:
+        self._rows[request].chunks_made = 0
+
+    def step(self, requests: list[SynthesisRequest]) -> list[RowOutput]:
         engine = self._engine
-        engine.batches.append([work.params.seed for work in works])
-        engine.chunks_made += len(works)
+        engine.batches.append([request.params.seed for request in requests])
+        engine.chunks_made += len(requests)
         if engine.fail_at_chunk is not None and engine.chunks_made >= engine.fail_at_chunk:
             raise RuntimeError("the fake model failed")
         engine.making = True
@@ -66,15 +85,22 @@ class FakeDecoder:
         engine.making = False
         samples = int(OUTPUT_SAMPLE_RATE * engine.chunk_seconds)
         outputs = []
-        for work in works:
-            work.decoding += 1
-            work.timings.tokens += 1
-            chunk = torch.rand(samples, generator=work.generator) * 0.2 - 0.1
-            outputs.append(StepOutput([chunk], sentence_done=work.decoding == engine.chunks_per_sentence))
+        for request in requests:
+            row = self._rows[request]
+            row.chunks_made += 1
+            if request.params.seed == engine.fail_row_seed and row.chunks_made == engine.fail_row_at_chunk:
+                outputs.append(RowOutput(error=InvalidLatents("the fake row's numbers went bad")))
+                continue
+            row.timings.tokens += 1
+            chunk = torch.rand(samples, generator=row.generator) * 0.2 - 0.1
+            done = row.chunks_made == engine.chunks_per_sentence
+            row.sentence_index += done
+            finished = row.sentence_index == len(request.sentences)
+            outputs.append(RowOutput([chunk], sentence_done=done, finished=finished))
         return outputs
 
-    def release(self, work: StreamWork) -> None:
-        work.decoding = None
+    def leave(self, request: SynthesisRequest) -> StreamReport:
+        return StreamReport(self._rows.pop(request).timings)
 
 
 class FakeEngine:
@@ -89,6 +115,8 @@ class FakeEngine:
         fail_at_chunk: int | None = None,
         limits: BatchLimits | None = None,
         clone_delay_s: float = 0.0,
+        fail_row_seed: int | None = None,
+        fail_row_at_chunk: int = 1,
     ) -> None:
         self.chunks_per_sentence = chunks_per_sentence
         self.chunk_seconds = chunk_seconds
@@ -96,6 +124,9 @@ class FakeEngine:
         self.warm_up_s = warm_up_s
         self.fail_at_chunk = fail_at_chunk
         self.clone_delay_s = clone_delay_s
+        self.fail_row_seed = fail_row_seed
+        """The stream with this seed fails alone (as a row whose numbers went bad) at its fail_row_at_chunk-th chunk."""
+        self.fail_row_at_chunk = fail_row_at_chunk
         self.clones_finished = 0
         self.chunks_made = 0
         self.batches: list[list[int | None]] = []
@@ -129,7 +160,7 @@ class FakeEngine:
     def synthesize(
         self, sentences: list[Sentence], voice: VoiceLatents, params: GenerationParams, cancel: threading.Event
     ) -> SynthesisStream:
-        return SynthesisStream(self.scheduler, self.device, sentences, voice, params, cancel)
+        return SynthesisStream(self.scheduler, SynthesisRequest(sentences, voice, params, cancel))
 
     async def clone_voice(self, clips: list[np.ndarray], settings: CloneSettings) -> VoiceLatents:
         self.clones += 1

@@ -1,14 +1,20 @@
-"""The admission gate: slots, a bounded queue, timeouts, draining and Retry-After."""
+"""The admission gate, the server's one queue: slots, a bounded queue, timeouts, draining and Retry-After."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
+import httpx
 import pytest
 
 from services.admission import AdmissionGate
+from services.engine.plan import BatchLimits
 from services.errors import NotReady, Overloaded
+from tests.conftest import app_settings, live_server, wait_for
+from tests.fakes import FakeEngine
 
 
 def run(test: Callable[[], Awaitable[None]]) -> None:
@@ -90,3 +96,27 @@ def test_retry_after_follows_how_long_slots_are_held_and_how_many_wait() -> None
         await asyncio.gather(*waiting, return_exceptions=True)
 
     run(main)
+
+
+def test_a_request_beyond_the_batch_waits_in_the_one_queue_and_times_out_there(tmp_path: Path) -> None:
+    """Two batch rows, ten MAX_CONCURRENT_REQUESTS: the third request waits in the gate's queue (counted by
+    /health, `queued` in /stream_status) and QUEUE_TIMEOUT ends its wait with a 429, as any queued request's."""
+    engine = FakeEngine(chunks_per_sentence=10_000, limits=BatchLimits(max_batch_size=2, buffer_seconds=0.5))
+    settings = app_settings(tmp_path, MAX_CONCURRENT_REQUESTS=10, QUEUE_TIMEOUT=2)
+    body = {"text": "A long stream nobody reads.", "language": "en", "speaker_id": "Dummy Alto"}
+    with live_server(engine, settings) as live, live.client() as first, live.client() as second:
+        with live.client() as third, live.client() as probe:
+            with first.stream("POST", "/tts_stream", json=body) as one, second.stream("POST", "/tts_stream", json=body):
+                assert one.status_code == 200
+                assert probe.get("/health").json()["requests"]["capacity"] == 2
+                answer: dict[str, httpx.Response] = {}
+                waiting = threading.Thread(
+                    target=lambda: answer.update(third=third.post("/tts_stream", json={**body, "session_id": "third"}))
+                )
+                waiting.start()
+                wait_for(lambda: probe.get("/health").json()["requests"]["queued"] == 1, what="the third one queued")
+                assert probe.get("/stream_status/third").json()["state"] == "queued"
+                assert engine.scheduler.running == 2  # the engine holds no stream back: whoever waits, waits above
+                waiting.join(15)
+    refused = answer["third"]
+    assert refused.status_code == 429 and "QUEUE_TIMEOUT" in refused.json()["message"]

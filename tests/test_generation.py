@@ -3,24 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import soundfile
 import torch
 import torch.nn.functional as F
+from TTS.tts.models.xtts import Xtts
 
 from services.engine.cloning import CloneSettings, conditioning_windows
-from services.engine.gpt_sampler import StepTimings, conditioning_prefix, sample_audio_latents
-from services.engine.params import SamplingSettings
+from services.engine.gpt_sampler import conditioning_prefix
 from services.engine.latents import VoiceLatents
 from services.engine.model_loader import LoadedModel
-from services.engine.params import ChunkSchedule, GenerationParams
-from services.engine.synthesis import stream_sentence
+from services.engine.params import ChunkSchedule, GenerationParams, SamplingSettings
+from services.engine.pcm import to_pcm16
 from services.engine.tts import TTSEngine
 from services.engine.vocoder import IncrementalVocoder
+from tests.audio_checks import pcm_snr_db
 from tests.conftest import BUILTIN_SPEAKER
+from tests.engine_runs import chunks_of, tokens_of
 
 
 def snr_db(signal: torch.Tensor, reference: torch.Tensor) -> float:
@@ -63,109 +65,52 @@ def test_streamed_waveform_matches_a_one_shot_decode_of_the_same_latents(
     assert snr_db(torch.cat(chunks), reference) > 30
 
 
-def test_sampler_picks_the_tokens_coqui_generate_picks(
-    tiny_loaded: LoadedModel, voice: dict[str, torch.Tensor]
-) -> None:
-    model = tiny_loaded.model
-    tokens = torch.IntTensor(model.tokenizer.encode("hello world.", "en")).unsqueeze(0)
+def coquis_tokens(model: Xtts, cond: torch.Tensor, text_tokens: torch.Tensor, seed: int, **sampling: Any) -> list[int]:
+    """The audio tokens coqui's own `GPT.generate` samples (torch's global random state seeded with `seed`)."""
+    torch.manual_seed(seed)
+    settings = {"top_p": 0.85, "top_k": 50, "temperature": 0.75, "repetition_penalty": 5.0, **sampling}
     with torch.inference_mode():
-        torch.manual_seed(7)
-        expected = model.gpt.generate(
-            cond_latents=voice["gpt_cond_latent"],
-            text_inputs=tokens,
-            do_sample=True,
-            top_p=0.85,
-            top_k=50,
-            temperature=0.75,
-            num_return_sequences=1,
-            num_beams=1,
-            length_penalty=1.0,
-            repetition_penalty=5.0,
-        )[0].tolist()
-        torch.manual_seed(7)
-        steps = list(
-            sample_audio_latents(
-                model.gpt,
-                voice["gpt_cond_latent"],
-                tokens,
-                SamplingSettings(repetition_penalty=5.0),
-                None,
-                StepTimings(),
-            )
-        )
-        codes = torch.tensor([[token for token, _ in steps]])
-        # coqui's one-shot inference recomputes the latents with a teacher-forced pass
-        one_shot_latents = model.gpt(
-            tokens,
-            torch.tensor([tokens.shape[-1]]),
-            codes,
-            torch.tensor([codes.shape[-1] * 1024]),
-            cond_latents=voice["gpt_cond_latent"],
-            return_attentions=False,
-            return_latent=True,
-        )
-    assert [token for token, _ in steps] == expected
-    streamed_latents = torch.cat([latent for _, latent in steps])[None]
-    assert torch.allclose(streamed_latents, one_shot_latents, atol=1e-4)
+        return model.gpt.generate(  # type: ignore[no-any-return]
+            cond_latents=cond, text_inputs=text_tokens, do_sample=True, num_return_sequences=1, num_beams=1,
+            length_penalty=1.0, **settings,
+        )[0].tolist()  # fmt: skip
 
 
-def test_stream_equals_coquis_one_shot_inference(tiny_loaded: LoadedModel, voice: dict[str, torch.Tensor]) -> None:
-    model = tiny_loaded.model
+def test_the_decoder_picks_the_tokens_coqui_generate_picks(
+    tiny_engine: TTSEngine, voice: dict[str, torch.Tensor]
+) -> None:
+    """The one decode path (a stream alone is a batch of one, the voice's conditioning prefix cached) against
+    coqui's generate; twice, so the cached prefix is shown to be left intact by use."""
+    latents = as_voice(voice)
+    sentences = asyncio.run(tiny_engine.plan("hello world.", "en", True))
+    params = GenerationParams(sampling=SamplingSettings(), seed=7)
+    first = asyncio.run(tokens_of(tiny_engine, sentences, latents, params))
+    again = asyncio.run(tokens_of(tiny_engine, sentences, latents, params))
+    expected = tiny_engine.submit(coquis_tokens, tiny_engine.model, voice["gpt_cond_latent"], sentences[0].tokens, 7)
+    assert first == again == expected.result()
+
+
+def test_stream_equals_coquis_one_shot_inference(tiny_engine: TTSEngine, voice: dict[str, torch.Tensor]) -> None:
+    """Streamed through the engine in growing chunks, the audio is coqui's one-shot `inference` of the same
+    tokens (which recomputes the latents with a teacher-forced pass and vocodes them at once)."""
+    model = tiny_engine.model
     text = "hello world, this is a test."
-    with torch.inference_mode():
+
+    def one_shot() -> bytes:
         torch.manual_seed(11)
-        one_shot = torch.from_numpy(
-            model.inference(text, "en", voice["gpt_cond_latent"], voice["speaker_embedding"], repetition_penalty=5.0)[
-                "wav"
-            ]
-        )
-        torch.manual_seed(11)
-        tokens = torch.IntTensor(model.tokenizer.encode(text, "en")).unsqueeze(0)
-        params = GenerationParams(
-            sampling=SamplingSettings(repetition_penalty=5.0), schedule=ChunkSchedule(first_tokens=2, max_tokens=8)
-        )
-        chunks = list(stream_sentence(model, tokens, as_voice(voice), params, threading.Event(), StepTimings()))
+        with torch.inference_mode():
+            wav = model.inference(
+                text, "en", voice["gpt_cond_latent"], voice["speaker_embedding"], repetition_penalty=5.0
+            )
+        return to_pcm16(torch.from_numpy(wav["wav"]))
+
+    expected = tiny_engine.submit(one_shot).result()
+    sentences = asyncio.run(tiny_engine.plan(text, "en", False))
+    params = GenerationParams(schedule=ChunkSchedule(first_tokens=2, max_tokens=8), seed=11)
+    chunks = asyncio.run(chunks_of(tiny_engine, sentences, as_voice(voice), params))
     assert len(chunks) >= 4
-    assert chunks[0].numel() < chunks[-2].numel()  # the first chunk is short, later ones grow
-    assert snr_db(torch.cat(chunks), one_shot) > 30
-
-
-def test_cancel_stops_within_one_token(tiny_loaded: LoadedModel, voice: dict[str, torch.Tensor]) -> None:
-    model = tiny_loaded.model
-    cancel = threading.Event()
-    timings = StepTimings()
-    tokens = torch.IntTensor(model.tokenizer.encode("hello world.", "en")).unsqueeze(0)
-    with torch.inference_mode():
-        params = GenerationParams(
-            sampling=SamplingSettings(min_new_tokens=30), schedule=ChunkSchedule(first_tokens=1, max_tokens=1)
-        )
-        stream = stream_sentence(model, tokens, as_voice(voice), params, cancel, timings)
-        next(stream)
-        tokens_at_cancel = timings.tokens
-        cancel.set()
-        assert list(stream) == []
-    assert timings.tokens - tokens_at_cancel <= 1
-
-
-def test_cached_conditioning_prefix_gives_the_same_tokens_and_latents(
-    tiny_loaded: LoadedModel, voice: dict[str, torch.Tensor]
-) -> None:
-    model = tiny_loaded.model
-    tokens = torch.IntTensor(model.tokenizer.encode("a prefix test.", "en")).unsqueeze(0)
-    settings = SamplingSettings(repetition_penalty=5.0)
-    with torch.inference_mode():
-        prefix = conditioning_prefix(model.gpt, voice["gpt_cond_latent"])
-        runs = []
-        for prefix_kv in (None, prefix, prefix):  # twice: the cached prefix must not be modified by use
-            generator = torch.Generator().manual_seed(5)
-            runs.append(list(sample_audio_latents(
-                model.gpt, voice["gpt_cond_latent"], tokens, settings, generator, StepTimings(), prefix_kv
-            )))  # fmt: skip
-    assert [token for token, _ in runs[0]] == [token for token, _ in runs[1]] == [token for token, _ in runs[2]]
-    for with_prefix in runs[1:]:
-        assert torch.allclose(
-            torch.cat([latent for _, latent in runs[0]]), torch.cat([latent for _, latent in with_prefix]), atol=1e-4
-        )
+    assert len(chunks[0]) < len(chunks[-2])  # the first chunk is short, later ones grow
+    assert pcm_snr_db(b"".join(chunks), expected) > 30
 
 
 def coqui_latents_without_perceiver(model: object, seconds: float) -> torch.Tensor:
@@ -202,41 +147,18 @@ def test_latents_of_any_frame_count_condition_as_coquis_generate_does(
     sentences = asyncio.run(tiny_engine.plan(text, "en", True))
     params = GenerationParams(sampling=sampling, seed=5)
 
-    tokens = asyncio.run(_tokens_of(tiny_engine, sentences, latents, params))
+    tokens = asyncio.run(tokens_of(tiny_engine, sentences, latents, params))
 
-    def coquis() -> list[int]:
-        torch.manual_seed(5)
-        with torch.inference_mode():
-            return model.gpt.generate(  # type: ignore[no-any-return]
-                cond_latents=cond,
-                text_inputs=sentences[0].tokens,
-                do_sample=True,
-                top_p=sampling.top_p,
-                top_k=sampling.top_k,
-                temperature=sampling.temperature,
-                num_return_sequences=1,
-                num_beams=1,
-                length_penalty=1.0,
-                repetition_penalty=5.0,
-                max_new_tokens=24,
-            )[0].tolist()
-
-    expected = tiny_engine.submit(coquis).result()
+    expected = tiny_engine.submit(
+        lambda: coquis_tokens(model, cond, sentences[0].tokens, 5, max_new_tokens=24)
+    ).result()
     stop = model.gpt.stop_audio_token
     assert tokens == [token for token in expected if token != stop][: len(tokens)] and len(tokens) > 0
     # a different frame count is a different voice: the frames are read, not truncated to 32
     if frames > 32:
         truncated = tiny_engine.normalize_latents(cond[:, :32], voice["speaker_embedding"])
-        stream_tokens = asyncio.run(_tokens_of(tiny_engine, sentences, truncated, params))
+        stream_tokens = asyncio.run(tokens_of(tiny_engine, sentences, truncated, params))
         assert stream_tokens != tokens
-
-
-async def _tokens_of(engine: TTSEngine, sentences: list, latents: VoiceLatents, params: GenerationParams) -> list[int]:
-    stream = engine.synthesize(sentences, latents, params, threading.Event())
-    async for _ in stream:
-        pass
-    await stream.wait_idle()
-    return list(stream.audio_tokens)
 
 
 @pytest.mark.parametrize("chunk_seconds", [6, 2])

@@ -7,6 +7,7 @@ figures are in the benchmark).
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from pathlib import Path
 from typing import get_args
@@ -15,20 +16,20 @@ import pytest
 import torch
 
 from config import Settings
-from services.engine.gpt_sampler import StepTimings, sample_audio_latents
-from services.engine.params import SamplingSettings
+from services.engine.gpt_sampler import teacher_forced
 from services.engine.model_loader import LoadedModel, ModelChoice, load_model
+from services.engine.params import GenerationParams, SamplingSettings
 from services.engine.precision import (
     GptPrecision,
     VocoderPrecision,
     apply_gpt_precision,
     apply_vocoder_precision,
-    teacher_forced,
 )
 from services.engine.tts import TTSEngine
 from services.engine.vocoder import IncrementalVocoder
 from services.errors import ModelUnavailable
 from tests.conftest import BUILTIN_SPEAKER, app_client, app_settings
+from tests.engine_runs import tokens_of
 
 TEXTS = ["the first sentence of a longer text.", "a second one follows it here.", "and a third ends it."]
 # precision: (latent SNR dB, top-1 agreement, waveform SNR dB) at least; measured 46/0.97/.., 64/1.0/.., 38/0.95/..
@@ -40,22 +41,18 @@ def snr_db(signal: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 @pytest.fixture(scope="module")
-def float32_run(tiny_loaded: LoadedModel) -> list[tuple[torch.Tensor, list[int], torch.Tensor, torch.Tensor]]:
-    """Per text: tokens, the sampled audio tokens, and float32's teacher-forced latents and logits."""
-    model = tiny_loaded.model
-    voice = model.speaker_manager.speakers[BUILTIN_SPEAKER]
+def float32_run(tiny_engine: TTSEngine) -> list[tuple[torch.Tensor, list[int], torch.Tensor, torch.Tensor]]:
+    """Per text: tokens, the audio tokens float32 samples, and float32's teacher-forced latents and logits."""
+    model = tiny_engine.model
+    voice = tiny_engine.builtin_speakers[BUILTIN_SPEAKER]
     runs = []
-    with torch.inference_mode():
-        for index, text in enumerate(TEXTS):
-            tokens = torch.IntTensor(model.tokenizer.encode(text, "en")).unsqueeze(0)
-            settings = SamplingSettings(min_new_tokens=40)
-            generator = torch.Generator().manual_seed(index)
-            steps = sample_audio_latents(
-                model.gpt, voice["gpt_cond_latent"], tokens, settings, generator, StepTimings()
-            )
-            audio = [token for token, _latent in steps]
-            latents, logits = teacher_forced(model.gpt, voice["gpt_cond_latent"], tokens, audio)
-            runs.append((tokens, audio, latents, logits))
+    for index, text in enumerate(TEXTS):
+        sentences = asyncio.run(tiny_engine.plan(text, "en", False))
+        params = GenerationParams(SamplingSettings(min_new_tokens=40), seed=index)
+        audio = asyncio.run(tokens_of(tiny_engine, sentences, voice, params))
+        with torch.inference_mode():
+            latents, logits = teacher_forced(model.gpt, voice.gpt_cond_latent, sentences[0].tokens, audio)
+        runs.append((sentences[0].tokens, audio, latents, logits))
     return runs
 
 

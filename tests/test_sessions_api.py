@@ -37,7 +37,7 @@ def open_raw_stream(server: Server | LiveServer, body: dict[str, object], path: 
     payload = json.dumps(body).encode()
     sock = socket.create_connection((host, int(port)))
     sock.sendall(
-        f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n".encode()
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n".encode()
         + f"Content-Length: {len(payload)}\r\n\r\n".encode()
         + payload
     )
@@ -107,19 +107,22 @@ def test_cancel_stops_the_stream_within_a_chunk_and_frees_the_slot(client: httpx
         chunks = response.iter_raw()
         while received < 20000:
             received += len(next(chunks))
+        at_cancel = status(client, session_id)["audio_seconds"]
         cancelled_at = time.monotonic()
         answer = client.delete(f"/stream_cancel/{session_id}")
         assert answer.status_code == 200
-        after_cancel = 0
         # the HTTP stream ends by itself, without its terminating chunk: it must not look finished
         with pytest.raises(httpx.RemoteProtocolError):
-            for chunk in chunks:
-                after_cancel += len(chunk)
+            for _ in chunks:
+                pass
         ended_after_s = time.monotonic() - cancelled_at
     assert ended_after_s < 5
-    # at most the chunk in flight (8 tokens ~ 9k samples) and what was already buffered
-    assert after_cancel < 200_000
     final = status(client, session_id)
+    # audio handed to the response after the cancel: at most the chunk in flight (8 tokens, about 0.37 s),
+    # and one more if the response took it between the status read and the cancel; not the seconds of audio
+    # the engine had made ahead of the client (STREAM_BUFFER_SECONDS), which are dropped
+    assert isinstance(at_cancel, float) and isinstance(final["audio_seconds"], float)
+    assert final["audio_seconds"] - at_cancel <= 0.8
     assert final["state"] == "cancelled" and final["error"] == "cancelled by request"
     assert final["chunks_done"] < final["chunks_total"]
     wait_for(lambda: client.get("/health").json()["requests"]["in_flight"] == 0, what="slot release")
@@ -286,7 +289,7 @@ def test_sigterm_lets_a_running_stream_finish(tmp_path: Path) -> None:
     while chunk := sock.recv(65536):
         received += chunk
     assert received.endswith(b"0\r\n\r\n"), "the chunked response did not complete"
-    assert server.process.wait(60) in (0, -15)
+    assert server.process.wait(60) == 0, "the server did not exit cleanly on SIGTERM"
     assert "Finished server process" in server.log()
 
 
@@ -305,6 +308,6 @@ def test_sigterm_cancels_streams_still_running_after_shutdown_timeout(tmp_path: 
     assert ended_after_s >= 1.5, "the stream did not get its grace period"
     assert len(after) > 24000, "no audio came during the grace period"
     assert not after.endswith(b"0\r\n\r\n"), "a cut-off stream must not look complete"
-    assert server.process.wait(60) in (0, -15)
+    assert server.process.wait(60) == 0, "the server did not exit cleanly on SIGTERM"
     assert time.monotonic() - signalled < 20
     assert "session=cut-off" in server.log() and "outcome=cancelled" in server.log()

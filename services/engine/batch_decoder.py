@@ -1,19 +1,21 @@
-"""XTTS's part of a batched step: each stream's sampling and vocoder, one GPT forward pass for all.
+"""XTTS's part of a step: each stream's prompt, sampling and vocoder, one GPT forward pass for all.
 
-Per stream, exactly what `synthesis.stream_sentence` does alone: the same prompt, logits processors,
-random generator, chunk schedule and incremental vocoder. Only the GPT's decode forward pass is
-shared (batched_gpt.decode_step); logits and sampling are computed row by row, so no stream's numbers
-pass through a kernel whose result depends on the other rows beyond float rounding in the shared pass.
+The one decode path: a stream alone is a batch of one. Per stream, exactly coqui's generation: the same
+prompt (gpt_sampler.sentence_prompt), logits processors and sampling (gpt_sampler.sample_token) with the
+stream's own random generator, then the incremental vocoder on the chunk schedule. Only the GPT's
+decode forward pass is shared (batched_gpt.decode_step); logits and sampling are computed row by row, so
+no stream's numbers pass through a kernel whose result depends on the other rows beyond float rounding
+in the shared pass. A row whose logits are not finite (absurd latents that got past the door, or a
+numerical blow-up) fails alone: it samples nothing, leaves, and the other rows step on untouched.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from transformers.generation.logits_process import LogitsProcessorList
 from TTS.tts.models.xtts import Xtts
 
@@ -22,19 +24,21 @@ from services.engine.gpt_sampler import (
     PrefixKV,
     audio_token_embedding,
     logits_processors,
+    sample_token,
     sentence_prompt,
     token_limit,
 )
 from services.engine.latents import VoiceLatents
-from services.engine.scheduler import StepOutput, StreamWork
+from services.engine.scheduler import RowOutput
+from services.engine.stream import StepTimings, StreamReport, SynthesisRequest
 from services.engine.vocoder import IncrementalVocoder
+from services.errors import InvalidLatents
 
 
 @dataclass
-class _Sentence:
-    """A stream's decoding state for its current sentence."""
+class SentenceState:
+    """A row's decoding state for its current sentence."""
 
-    row: int
     input_ids: torch.Tensor
     processors: LogitsProcessorList
     limit: int
@@ -47,105 +51,140 @@ class _Sentence:
     """[C]: the embedding of the token just sampled, for the next forward pass."""
 
 
+@dataclass
+class RowState:
+    """Everything the decoder keeps for one stream, from joining to leaving (model thread only)."""
+
+    generator: torch.Generator | None
+    row: int | None = None
+    """Its row of the KV cache, once its first sentence is prefilled."""
+    sentence_index: int = 0
+    sentence: SentenceState | None = None
+    timings: StepTimings = field(default_factory=StepTimings)
+    audio_tokens: list[int] = field(default_factory=list)
+
+
 class GptBatchDecoder:
-    """Owns the batch's KV cache; one row per running stream."""
+    """Owns the batch's KV cache and every stream's row state."""
 
     def __init__(self, model: Xtts, device: torch.device, voice_prefix: Callable[[VoiceLatents], PrefixKV]) -> None:
         self.model = model
         self.device = device
         self._voice_prefix = voice_prefix
         self.cache = SlotKVCache(model.gpt, device)
-        self._by_row: list[StreamWork] = []
+        self._rows: dict[SynthesisRequest, RowState] = {}
+        self._by_row: list[SynthesisRequest] = []
 
-    def begin_sentence(self, work: StreamWork) -> None:
+    def join(self, request: SynthesisRequest) -> None:
+        seed = request.params.seed
+        generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+        self._rows[request] = RowState(generator)
+
+    def prefill(self, request: SynthesisRequest) -> None:
         started = time.perf_counter()
+        state = self._rows[request]
         gpt = self.model.gpt
-        prefix = self._voice_prefix(work.voice)
-        prompt = sentence_prompt(gpt, work.voice.gpt_cond_latent, work.sentence.tokens.to(self.device))
-        hidden, kv = prefill(gpt, prompt.after_conditioning(), prefix)
-        state: _Sentence | None = work.decoding
-        if state is None:
-            row = self.cache.add_row(kv)
-            self._by_row.append(work)
+        sentence = request.sentences[state.sentence_index]
+        prompt = sentence_prompt(gpt, request.voice.gpt_cond_latent, sentence.tokens.to(self.device))
+        hidden, kv = prefill(gpt, prompt.after_conditioning(), self._voice_prefix(request.voice))
+        if state.row is None:
+            state.row = self.cache.add_row(kv)
+            self._by_row.append(request)
         else:
-            row = state.row
-            self.cache.fill(row, kv)
-        params = work.params
-        work.decoding = _Sentence(
-            row=row,
+            self.cache.fill(state.row, kv)
+        params = request.params
+        state.sentence = SentenceState(
             input_ids=prompt.input_ids,
             processors=logits_processors(gpt, params.sampling, prompt.input_ids.shape[1]),
             limit=token_limit(gpt, params.sampling),
-            vocoder=IncrementalVocoder(self.model.hifigan_decoder, work.voice.speaker_embedding, params.speed),
-            target_tokens=min(params.schedule.first_tokens, params.schedule.max_tokens),
+            vocoder=IncrementalVocoder(self.model.hifigan_decoder, request.voice.speaker_embedding, params.speed),
+            target_tokens=params.schedule.first(),
             latent=gpt.final_norm(hidden),
         )
-        work.timings.prefill_s += time.perf_counter() - started
+        state.timings.prefill_s += time.perf_counter() - started
 
-    def step(self, works: list[StreamWork]) -> list[StepOutput]:
+    def step(self, requests: list[SynthesisRequest]) -> list[RowOutput]:
         gpt = self.model.gpt
         outputs = []
-        continuing: list[_Sentence] = []
-        for work in works:
-            state: _Sentence = work.decoding
+        continuing: list[RowState] = []
+        for request in requests:
+            state = self._rows[request]
+            sentence = state.sentence
+            assert sentence is not None, "step before prefill"
             started = time.perf_counter()
-            scores = state.processors(state.input_ids, gpt.mel_head(state.latent).float())  # type: ignore[arg-type]
-            token = torch.multinomial(F.softmax(scores, dim=-1), num_samples=1, generator=work.generator)
-            state.tokens += 1
-            work.timings.tokens += 1
-            work.audio_tokens.append(int(token))
-            done = int(token) == gpt.stop_audio_token or state.tokens == state.limit
+            logits = gpt.mel_head(sentence.latent).float()
+            if not torch.isfinite(logits).all():
+                outputs.append(RowOutput(error=_non_finite("GPT")))
+                continue
+            token = sample_token(sentence.processors, sentence.input_ids, logits, state.generator)
+            sentence.tokens += 1
+            state.timings.tokens += 1
+            state.audio_tokens.append(int(token))
+            done = int(token) == gpt.stop_audio_token or sentence.tokens == sentence.limit
             if not done:
-                state.input_ids = torch.cat([state.input_ids, token], dim=1)
-                state.next_input = audio_token_embedding(gpt, token, state.tokens)[0, 0]
+                sentence.input_ids = torch.cat([sentence.input_ids, token], dim=1)
+                sentence.next_input = audio_token_embedding(gpt, token, sentence.tokens)[0, 0]
                 continuing.append(state)
-            work.timings.gpt_steps_s += time.perf_counter() - started
+            state.timings.gpt_steps_s += time.perf_counter() - started
             started = time.perf_counter()
-            outputs.append(StepOutput(chunks=self._vocode(work, state, done), sentence_done=done))
-            work.timings.vocoder_s += time.perf_counter() - started
+            chunks = self._vocode(request, sentence, done)
+            state.timings.vocoder_s += time.perf_counter() - started
+            if not all(torch.isfinite(chunk).all() for chunk in chunks):
+                outputs.append(RowOutput(error=_non_finite("vocoder")))
+                continue
+            if done:
+                state.sentence_index += 1
+            finished = done and state.sentence_index == len(request.sentences)
+            outputs.append(RowOutput(chunks=chunks, sentence_done=done, finished=finished))
         if continuing:
             started = time.perf_counter()
             self._forward(continuing)
             share = (time.perf_counter() - started) / len(continuing)
             for state in continuing:
-                self._by_row[state.row].timings.gpt_steps_s += share
+                state.timings.gpt_steps_s += share
         return outputs
 
-    def _vocode(self, work: StreamWork, state: _Sentence, done: bool) -> list[torch.Tensor]:
-        vocoder = state.vocoder
-        vocoder.push(state.latent)
+    def _vocode(self, request: SynthesisRequest, sentence: SentenceState, done: bool) -> list[torch.Tensor]:
+        vocoder = sentence.vocoder
+        vocoder.push(sentence.latent)
         if done:
             chunk = vocoder.finish()
             return [chunk] if chunk.numel() else []
-        if vocoder.pending_frames() >= state.target_tokens * vocoder.frames_per_latent:
-            state.target_tokens = work.params.schedule.after(state.target_tokens)
+        if vocoder.pending_frames() >= sentence.target_tokens * vocoder.frames_per_latent:
+            sentence.target_tokens = request.params.schedule.after(sentence.target_tokens)
             return [vocoder.decode_ready()]
         return []
 
-    def _forward(self, continuing: list[_Sentence]) -> None:
+    def _forward(self, continuing: list[RowState]) -> None:
         """One decode pass over the rows from the first to the last continuing stream's; rows between them
         that are not continuing (paused, between sentences, waiting their turn) are computed and ignored."""
         gpt = self.model.gpt
-        first = min(state.row for state in continuing)
-        stop = max(state.row for state in continuing) + 1
+        rows = [state.row for state in continuing]
+        assert all(row is not None for row in rows)
+        first = min(row for row in rows if row is not None)
+        stop = max(row for row in rows if row is not None) + 1
         inputs = torch.zeros(stop - first, gpt.gpt.config.n_embd, device=self.device)
         active = [False] * (stop - first)
         for state in continuing:
-            assert state.next_input is not None
-            inputs[state.row - first] = state.next_input
+            assert state.row is not None and state.sentence is not None and state.sentence.next_input is not None
+            inputs[state.row - first] = state.sentence.next_input
             active[state.row - first] = True
         hidden = decode_step(gpt, self.cache, inputs, active, first)
         for state in continuing:
+            assert state.row is not None and state.sentence is not None
             offset = state.row - first
-            state.latent = gpt.final_norm(hidden[offset : offset + 1])
+            state.sentence.latent = gpt.final_norm(hidden[offset : offset + 1])
 
-    def release(self, work: StreamWork) -> None:
-        state: _Sentence | None = work.decoding
-        work.decoding = None
-        if state is None:
-            return
-        moved = self.cache.remove_row(state.row)
-        last = self._by_row.pop()
-        if moved is not None:  # the last row's stream now lives in the freed row
-            self._by_row[state.row] = last
-            last.decoding.row = state.row
+    def leave(self, request: SynthesisRequest) -> StreamReport:
+        state = self._rows.pop(request)
+        if state.row is not None:
+            moved = self.cache.remove_row(state.row)
+            last = self._by_row.pop()
+            if moved is not None:  # the last row's stream now lives in the freed row
+                self._by_row[state.row] = last
+                self._rows[last].row = state.row
+        return StreamReport(state.timings, tuple(state.audio_tokens))
+
+
+def _non_finite(stage: str) -> InvalidLatents:
+    return InvalidLatents(f"this voice's latents drove the {stage} to non-finite numbers; the stream was stopped")

@@ -68,23 +68,6 @@ def conditioning_part(
     return model.get_gpt_cond_latents(audio, CLONE_SAMPLE_RATE, length=length, chunk_length=length)
 
 
-def compute_voice_latents(model: Xtts, clips: list[np.ndarray], settings: CloneSettings) -> VoiceLatents:
-    """Speaker embedding per clip (averaged) and GPT latents over all clips joined, in one go. Model thread only.
-
-    The server runs the same steps as separate model-thread jobs (TTSEngine.clone_voice); this is the
-    reference they are tested against.
-    """
-    prepared = [prepare_clip(samples, settings) for samples in clips]
-    embeddings = [speaker_embedding(model, clip) for clip in prepared]
-    joined = np.concatenate(prepared)
-    perceiver = bool(model.args.gpt_use_perceiver_resampler)
-    parts = [
-        conditioning_part(model, joined, window, settings)
-        for window in conditioning_windows(joined.size, settings, perceiver)
-    ]
-    return combine(parts, embeddings)
-
-
 def combine(parts: list[torch.Tensor], embeddings: list[torch.Tensor]) -> VoiceLatents:
     """coqui's averages: of the chunks' style embeddings, and of the clips' speaker embeddings."""
     if not parts:

@@ -1,15 +1,14 @@
-"""XTTS's autoregressive GPT, stepped one audio token at a time with all state kept per call.
+"""XTTS's GPT prompt and sampling, as coqui's generation builds and applies them, with all state per stream.
 
 coqui's `GPT.get_generator` parks the prompt on the model (`store_prefix_emb`) and runs HF's generate
-loop; this loop keeps the prompt and KV cache local, samples with a per-request `torch.Generator`
-(so a seed reproduces a stream whatever else runs), and applies the same logits processors in the
-same order as `transformers`' sampling, so with the same random state it picks the same tokens.
+loop; the decoder (batch_decoder.py) instead keeps each stream's prompt and KV cache row its own,
+samples with a per-request `torch.Generator` (so a seed reproduces a stream whatever else runs), and
+applies the same logits processors in the same order as `transformers`' sampling, so with the same
+random state it picks the same tokens. This module holds those pieces.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -27,16 +26,6 @@ from TTS.tts.layers.xtts.gpt import GPT
 
 from services.engine.params import SamplingSettings
 from services.engine.precision import run_transformer
-
-
-@dataclass
-class StepTimings:
-    """Seconds spent in each stage of a generation, summed over its sentences."""
-
-    prefill_s: float = 0.0
-    gpt_steps_s: float = 0.0
-    vocoder_s: float = 0.0
-    tokens: int = 0
 
 
 def logits_processors(gpt: GPT, settings: SamplingSettings, prompt_length: int) -> LogitsProcessorList:
@@ -123,49 +112,29 @@ def audio_token_embedding(gpt: GPT, token: torch.Tensor, index: int) -> torch.Te
     return gpt.mel_embedding(token) + gpt.mel_pos_embedding.get_fixed_embedding(index, token.device)
 
 
-def sample_audio_latents(
-    gpt: GPT,
-    cond_latent: torch.Tensor,
-    text_tokens: torch.Tensor,
-    settings: SamplingSettings,
-    generator: torch.Generator | None,
-    timings: StepTimings,
-    prefix_kv: PrefixKV | None = None,
-) -> Iterator[tuple[int, torch.Tensor]]:
-    """Yield (audio token, GPT latent [1, C]) per step until the stop token or the length limit.
+def sample_token(
+    processors: LogitsProcessorList, input_ids: torch.Tensor, logits: torch.Tensor, generator: torch.Generator | None
+) -> torch.Tensor:
+    """One audio token [1, 1] from a position's logits, as transformers' sampling picks it (generator None:
+    torch's global random state, as coqui's generate uses)."""
+    scores = processors(input_ids, logits)  # type: ignore[arg-type]
+    return torch.multinomial(F.softmax(scores, dim=-1), num_samples=1, generator=generator)
 
-    The latent yielded with a token is the normed hidden state of the position that predicted it,
-    as coqui's `sample_stream` yields, i.e. the latent of the previous token.
+
+def teacher_forced(
+    gpt: GPT, cond_latent: torch.Tensor, text_tokens: torch.Tensor, audio_tokens: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(latents [n, C], logits [n, vocab]) of a fixed token sequence in one pass, as the decoder sees them.
+
+    Row i is the position that predicts audio token i: its latent is what the vocoder gets for the
+    previous token. Comparing precisions on the same tokens separates the weights' error from sampling's
+    chaos (tests/test_precision.py, bench/precision.py).
     """
-    started = time.perf_counter()
     prompt = sentence_prompt(gpt, cond_latent, text_tokens)
-    processors = logits_processors(gpt, settings, prompt.input_ids.shape[1])
-    input_ids = prompt.input_ids
-    limit = token_limit(gpt, settings)
-
-    cache = DynamicCache()
-    if prefix_kv is None:
-        embeddings = prompt.embeddings
-    else:  # the conditioning positions are already computed: only the text and start token remain
-        for layer, (keys, values) in enumerate(prefix_kv):
-            cache.update(keys, values, layer)  # concatenates into new tensors; the cached prefix stays intact
-        embeddings = prompt.after_conditioning()
-    hidden = run_transformer(gpt, embeddings, past_key_values=cache, use_cache=True)
-    latent = gpt.final_norm(hidden[:, -1])
-    timings.prefill_s += time.perf_counter() - started
-
-    for step in range(limit):
-        step_started = time.perf_counter()
-        scores = processors(input_ids, gpt.mel_head(latent).float())  # type: ignore[arg-type]
-        token = torch.multinomial(F.softmax(scores, dim=-1), num_samples=1, generator=generator)
-        timings.gpt_steps_s += time.perf_counter() - step_started
-        timings.tokens += 1
-        yield int(token), latent
-        if int(token) == gpt.stop_audio_token or step + 1 == limit:
-            return
-        step_started = time.perf_counter()
-        input_ids = torch.cat([input_ids, token], dim=1)
-        embedding = audio_token_embedding(gpt, token, step + 1)
-        hidden = run_transformer(gpt, embedding, past_key_values=cache, use_cache=True)
-        latent = gpt.final_norm(hidden[:, -1])
-        timings.gpt_steps_s += time.perf_counter() - step_started
+    audio = torch.tensor([audio_tokens[:-1]], dtype=torch.long, device=text_tokens.device)
+    positions = torch.arange(1, len(audio_tokens), device=text_tokens.device)
+    audio_embeddings = gpt.mel_embedding(audio) + gpt.mel_pos_embedding.emb(positions)[None]
+    embeddings = torch.cat([prompt.embeddings, audio_embeddings], dim=1)
+    hidden = run_transformer(gpt, embeddings)[0, -len(audio_tokens) :]
+    latents = gpt.final_norm(hidden)
+    return latents, gpt.mel_head(latents).float()

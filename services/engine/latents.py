@@ -18,6 +18,10 @@ COND_LATENT_FRAMES = 32
 # Each frame is one more prompt position for every sentence of the voice (30 layers x 2 x C floats of KV
 # cache: 0.24 MB in float32 at C=1024), so the count is bounded: 512 frames is about 6 s of mel frames.
 MAX_COND_LATENT_FRAMES = 512
+# Real latents are normalised where they are made (the perceiver resampler ends in an RMSNorm, the speaker
+# encoder's embedding is L2-normalised), so their values are of order one. Far larger values pass a
+# finite-number check yet drive the GPT's attention or the vocoder to infinities: refuse them at the door.
+MAX_LATENT_MAGNITUDE = 1000.0
 
 
 @dataclass(frozen=True, eq=False)  # identity equality: the engine keys per-voice state on the object
@@ -92,5 +96,11 @@ def _as_float_tensor(values: LatentValues, name: str) -> torch.Tensor:
     except (TypeError, ValueError) as error:
         raise InvalidLatents(f"{name} must be a rectangular nested list of numbers ({error})") from error
     if not torch.isfinite(tensor).all():
-        raise InvalidLatents(f"{name} holds NaN or infinite values")
+        raise InvalidLatents(f"{name} holds NaN or infinite values", field=name)
+    if tensor.numel() and (largest := float(tensor.abs().max())) > MAX_LATENT_MAGNITUDE:
+        raise InvalidLatents(
+            f"{name} holds a value of magnitude {largest:.3g}; latents stay within ±{MAX_LATENT_MAGNITUDE:g}",
+            field=name,
+            max_magnitude=MAX_LATENT_MAGNITUDE,
+        )
     return tensor

@@ -1,4 +1,4 @@
-"""The GPT's weight precision (GPT_PRECISION), and the teacher-forced pass that measures what it costs.
+"""The GPT's weight precision (GPT_PRECISION) and the vocoder's (VOCODER_PRECISION).
 
 At batch 1 every decode step reads all of the GPT's weights, so their size sets the speed (on 2 EPYC
 cores, 60 linear layers of 1024x4096: fp32 60 ms, bf16 35 ms, int8 7.4 ms). Only the transformer blocks
@@ -14,7 +14,6 @@ import warnings
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 from transformers.pytorch_utils import Conv1D
@@ -128,28 +127,3 @@ def run_transformer(gpt: GPT, inputs_embeds: torch.Tensor, **kwargs: object) -> 
     dtype = transformer_dtype(gpt)
     output = gpt.gpt(inputs_embeds=inputs_embeds.to(dtype), **kwargs)
     return output.last_hidden_state.float()
-
-
-def teacher_forced(
-    gpt: GPT, cond_latent: torch.Tensor, text_tokens: torch.Tensor, audio_tokens: list[int]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(latents [n, C], logits [n, vocab]) of a fixed token sequence in one pass, as the sampler would see them.
-
-    Row i is the position that predicts audio token i: its latent is what the vocoder gets for the
-    previous token, as in `sample_audio_latents`. Comparing precisions on the same tokens separates the
-    weights' error from sampling's chaos.
-    """
-    text = F.pad(text_tokens, (0, 1), value=gpt.stop_text_token)
-    text = F.pad(text, (1, 0), value=gpt.start_text_token)
-    audio = torch.tensor([[gpt.start_audio_token, *audio_tokens[:-1]]], device=text.device)
-    embeddings = torch.cat(
-        [
-            cond_latent,
-            gpt.text_embedding(text) + gpt.text_pos_embedding(text),
-            gpt.mel_embedding(audio) + gpt.mel_pos_embedding(audio),
-        ],
-        dim=1,
-    )
-    hidden = run_transformer(gpt, embeddings)[0, -len(audio_tokens) :]
-    latents = gpt.final_norm(hidden)
-    return latents, gpt.mel_head(latents).float()

@@ -25,11 +25,12 @@ from services.engine.cloning import (
     speaker_embedding,
 )
 from services.engine.gpt_sampler import PrefixKV, conditioning_prefix
-from services.engine.params import SamplingSettings
 from services.engine.latents import LatentValues, VoiceLatents, normalize_latents
 from services.engine.model_loader import LoadedModel, ModelChoice, load_model
-from services.engine.scheduler import BatchLimits, BatchScheduler
-from services.engine.params import GenerationParams
+from services.engine.params import GenerationParams, SamplingSettings
+from services.engine.plan import BatchLimits
+from services.engine.scheduler import BatchScheduler
+from services.engine.stream import SynthesisRequest
 from services.engine.synthesis_stream import SynthesisStream
 from services.engine.text import Sentence, plan_sentences
 
@@ -116,7 +117,7 @@ class TTSEngine:
         self, sentences: list[Sentence], voice: VoiceLatents, params: GenerationParams, cancel: threading.Event
     ) -> SynthesisStream:
         """The sentences' audio as 16-bit PCM chunks, made on the model thread; stops once `cancel` is set."""
-        return SynthesisStream(self.scheduler, self.device, sentences, voice, params, cancel)
+        return SynthesisStream(self.scheduler, SynthesisRequest(sentences, voice, params, cancel))
 
     async def clone_voice(self, clips: list[np.ndarray], settings: CloneSettings) -> VoiceLatents:
         """Voice latents from reference clips (mono float at 22050 Hz), as coqui computes them.
