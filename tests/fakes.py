@@ -24,7 +24,6 @@ import torch
 from services.engine.cloning import CloneSettings
 from services.engine.languages import XTTS_LANGUAGES
 from services.engine.latents import LatentValues, VoiceLatents, normalize_latents
-from services.engine.model_loader import LoadedModel
 from services.engine.params import GenerationParams
 from services.engine.pcm import OUTPUT_SAMPLE_RATE
 from services.engine.plan import BatchLimits
@@ -46,6 +45,18 @@ def fake_latents(seed: int) -> VoiceLatents:
     return VoiceLatents(
         torch.randn(1, 32, LATENT_DIM, generator=generator), torch.randn(1, EMBEDDING_DIM, 1, generator=generator)
     )
+
+
+@dataclass(frozen=True)
+class FakeModelFacts:
+    """What /health reports of the fake's (absent) model."""
+
+    device: torch.device
+    source: str = "fake"
+    dummy: bool = True
+    load_seconds: float = 0.01
+    gpt_precision: str = "float32"
+    vocoder_precision: str = "float32"
 
 
 @dataclass
@@ -133,7 +144,7 @@ class FakeEngine:
         """The seeds of the streams in each step's batch, step by step."""
         self.making = False  # a chunk is being made on the model thread right now
         self.device = torch.device("cpu")
-        self.loaded = LoadedModel(model=None, source="fake", dummy=True, device=self.device, load_seconds=0.01)  # type: ignore[arg-type]
+        self.loaded = FakeModelFacts(device=self.device)
         self.latent_dim = LATENT_DIM
         self.embedding_dim = EMBEDDING_DIM
         self.languages = list(XTTS_LANGUAGES)

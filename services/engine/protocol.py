@@ -10,17 +10,35 @@ import torch
 
 from services.engine.cloning import CloneSettings
 from services.engine.latents import LatentValues, VoiceLatents
-from services.engine.model_loader import LoadedModel
 from services.engine.params import GenerationParams
 from services.engine.scheduler import BatchScheduler
 from services.engine.synthesis_stream import SynthesisStream
 from services.engine.text import Sentence
 
 
+class ModelFacts(Protocol):
+    """What /health and the logs say about the loaded model (`model_loader.LoadedModel` is one)."""
+
+    @property
+    def source(self) -> str: ...
+    @property
+    def dummy(self) -> bool: ...
+    @property
+    def device(self) -> torch.device: ...
+    @property
+    def load_seconds(self) -> float: ...
+    @property
+    def gpt_precision(self) -> str: ...
+    @property
+    def vocoder_precision(self) -> str: ...
+
+
 class Engine(Protocol):
     """A TTS model behind one model thread: plans text, makes speech streams, clones voices."""
 
-    loaded: LoadedModel
+    @property
+    def loaded(self) -> ModelFacts: ...
+
     device: torch.device
     latent_dim: int
     embedding_dim: int
