@@ -1,57 +1,33 @@
-"""Saved voices on disk: one safetensors file per voice in VOICES_DIR, written atomically.
+"""Saved voices: one safetensors file per voice (`<voice id>.safetensors`) in VOICES_DIR.
 
-safetensors holds raw tensors plus string metadata and runs no code on load, so a planted or
-tampered file can at worst fail to load. This module is the only code that touches VOICES_DIR.
+safetensors holds raw tensors plus string metadata and runs no code on load, so a planted or tampered file can at
+worst fail to load. The files are read and written through `services/shared_folder.py` (atomic writes, versions,
+leftover cleanup), which owns the folder; this module owns their format.
 """
 
 from __future__ import annotations
 
-import contextlib
+import json
 import logging
-import os
-import socket
-import tempfile
-import time
+import struct
 from collections.abc import Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save
+from safetensors import SafetensorError
+from safetensors.torch import load, save
 
 from services.engine.latents import VoiceLatents, normalize_latents
 from services.errors import InvalidLatents, InvalidVoiceId, VoiceExists, VoiceNotFound, VoiceUnreadable
 from services.ids import ID_PATTERN, is_valid_id
+from services.shared_folder import LEFTOVER_AGE_S, SharedFolder, Version
 
 logger = logging.getLogger(__name__)
 
 _SUFFIX = ".safetensors"
-_TEMP_PREFIX = ".tmp-"
 FORMAT_VERSION = "1"
-
-
-def _temp_prefix() -> str:
-    """Temporary files name their writer (`.tmp-<pid>@<host>~`), so a restart removes only dead writers'."""
-    return f"{_TEMP_PREFIX}{os.getpid()}@{socket.gethostname()}~"
-
-
-def _writer_alive(temp_name: str) -> bool:
-    """Whether the process that is writing this temporary file still runs (on this host; elsewhere: assume so)."""
-    writer, separator, _ = temp_name.removeprefix(_TEMP_PREFIX).partition("~")
-    pid, at, host = writer.partition("@")
-    if not (separator and at and pid.isdigit()):
-        return False  # not named by a writer: a leftover
-    if host != socket.gethostname():
-        return True  # another machine's replica on a shared folder: only its age tells
-    try:
-        os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, as another user's process
-        pass
-    return True
 
 
 @dataclass(frozen=True)
@@ -89,51 +65,40 @@ class VoiceStorage(Protocol):
 
 
 class VoiceStore:
-    """Saved voices in one folder. Blocking file I/O: call it from a worker thread."""
+    """Saved voices in one (shared) folder. Blocking file I/O: call it from a worker thread."""
 
     def __init__(self, root: Path, latent_dim: int, embedding_dim: int) -> None:
-        self.root = root
+        self.folder = SharedFolder(root)
         self.latent_dim = latent_dim
         self.embedding_dim = embedding_dim
-        root.mkdir(parents=True, exist_ok=True)
+        self.folder.create()
 
-    def remove_leftovers(self, max_age_s: float = 300.0) -> int:
-        """Delete temporary files a crash left behind mid-write; returns how many. Other servers (replicas)
-        on this folder may be writing theirs right now: a temporary file is a leftover once the process
-        that wrote it (named in it) is gone, or when it is older than any save takes."""
-        removed = 0
-        cutoff = time.time() - max_age_s
-        for temp in self.root.glob(f"{_TEMP_PREFIX}*"):
-            with contextlib.suppress(FileNotFoundError):
-                if not _writer_alive(temp.name) or temp.stat().st_mtime <= cutoff:
-                    temp.unlink()
-                    removed += 1
-        return removed
+    def remove_leftovers(self, max_age_s: float = LEFTOVER_AGE_S) -> int:
+        """Delete the temporary files of writes a crash left behind in the folder (voices' and the client
+        settings' alike), never one a live server is writing; returns how many."""
+        return self.folder.remove_leftovers(max_age_s)
 
-    def _path(self, voice_id: str) -> Path:
-        # Ids are validated where requests come in (422); this guard keeps any other caller from building
-        # a path outside VOICES_DIR.
+    def _name(self, voice_id: str) -> str:
+        # Ids are validated where requests come in (422); this guard keeps any other caller from naming
+        # a file outside VOICES_DIR or another kind of file in it.
         if not isinstance(voice_id, str) or not is_valid_id(voice_id):
             raise InvalidVoiceId("voice id must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-'", pattern=ID_PATTERN)
-        return self.root / f"{voice_id}{_SUFFIX}"
+        return f"{voice_id}{_SUFFIX}"
 
     def exists(self, voice_id: str) -> bool:
-        return self._path(voice_id).is_file()
+        return self.version(voice_id) is not None
 
-    def version(self, voice_id: str) -> tuple[int, int, int] | None:
-        """What identifies the file now (inode, size, mtime): every save renames a new file into place, so
-        this changes on each save, from this process or any other sharing the folder; None if there is none."""
-        try:
-            stat = self._path(voice_id).stat()
-        except FileNotFoundError:
-            return None
-        return stat.st_ino, stat.st_size, stat.st_mtime_ns
+    def version(self, voice_id: str) -> Version | None:
+        """The file's (inode, size, mtime): it changes on every save, from this process or any other sharing
+        the folder; None if there is no such voice."""
+        return self.folder.version(self._name(voice_id))
 
     def save(self, voice_id: str, latents: VoiceLatents, name: str, description: str, overwrite: bool) -> VoiceRecord:
-        """Write a voice: temporary file in the same folder, fsync, then rename (or link, to refuse overwrites)."""
-        path = self._path(voice_id)
-        if not overwrite and path.exists():
-            raise VoiceExists(f"voice {voice_id!r} already exists; set overwrite to replace it", voice_id=voice_id)
+        """Write a voice atomically; without `overwrite`, VoiceExists if it is there (or another save wins)."""
+        file_name = self._name(voice_id)
+        exists = VoiceExists(f"voice {voice_id!r} already exists; set overwrite to replace it", voice_id=voice_id)
+        if not overwrite and self.folder.version(file_name) is not None:
+            raise exists
         metadata = {
             "format_version": FORMAT_VERSION,
             "voice_id": voice_id,
@@ -148,40 +113,20 @@ class VoiceStore:
             },
             metadata=metadata,
         )
-        descriptor, temp_name = tempfile.mkstemp(prefix=_temp_prefix(), suffix=_SUFFIX, dir=self.root)
         try:
-            with os.fdopen(descriptor, "wb") as handle:
-                handle.write(payload)
-                handle.flush()
-                os.fsync(handle.fileno())
-            if overwrite:
-                os.replace(temp_name, path)
-            else:
-                try:
-                    os.link(temp_name, path)  # fails if another save got there first
-                except FileExistsError:
-                    raise VoiceExists(f"voice {voice_id!r} already exists", voice_id=voice_id) from None
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp_name)
-        self._sync_folder()
-        return self._record(voice_id, path, metadata)
-
-    def _sync_folder(self) -> None:
-        folder = os.open(self.root, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
+            self.folder.write(file_name, payload, replace=overwrite)
+        except FileExistsError:
+            raise exists from None
+        return _record(voice_id, metadata, len(payload))
 
     def load(self, voice_id: str) -> tuple[VoiceRecord, VoiceLatents]:
         """A voice's record and latents in model shapes (whatever shapes the file holds)."""
-        path = self._path(voice_id)
         try:
-            with safe_open(str(path), framework="pt") as handle:
-                metadata = handle.metadata() or {}
-                cond = handle.get_tensor("gpt_cond_latent")
-                embedding = handle.get_tensor("speaker_embedding")
+            with self.folder.opened(self._name(voice_id)) as (handle, version):
+                metadata = _metadata(handle, version[1])
+                handle.seek(0)
+                tensors = load(handle.read())
+            cond, embedding = tensors["gpt_cond_latent"], tensors["speaker_embedding"]
         except FileNotFoundError:
             raise VoiceNotFound(f"no saved voice {voice_id!r}", voice_id=voice_id) from None
         except (SafetensorError, OSError, KeyError, ValueError) as error:
@@ -190,38 +135,56 @@ class VoiceStore:
             latents = normalize_latents(cond, embedding, self.latent_dim, self.embedding_dim)
         except InvalidLatents as error:
             raise VoiceUnreadable(f"saved voice {voice_id!r} does not fit this model: {error}") from error
-        return self._record(voice_id, path, metadata), latents
+        return _record(voice_id, metadata, version[1]), latents
 
     def records(self) -> list[VoiceRecord]:
         """Every readable voice, oldest first; unreadable files are logged and skipped."""
         records = []
-        for path in self.root.glob(f"*{_SUFFIX}"):
-            voice_id = path.name[: -len(_SUFFIX)]
-            if path.name.startswith(_TEMP_PREFIX) or not is_valid_id(voice_id):
+        for file_name in self.folder.names(_SUFFIX):
+            voice_id = file_name.removesuffix(_SUFFIX)
+            if not is_valid_id(voice_id):
                 continue
             try:
-                with safe_open(str(path), framework="pt") as handle:
-                    metadata = handle.metadata() or {}
-            except (SafetensorError, OSError) as error:
-                logger.warning("skipping unreadable voice file %s: %s", path.name, error)
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                records.append(self._record(voice_id, path, metadata))
+                with self.folder.opened(file_name) as (handle, version):
+                    records.append(_record(voice_id, _metadata(handle, version[1]), version[1]))
+            except FileNotFoundError:
+                continue  # deleted since it was listed
+            except (OSError, ValueError) as error:
+                logger.warning("skipping unreadable voice file %s: %s", file_name, error)
         return sorted(records, key=lambda record: (record.created_at, record.voice_id))
 
     def delete(self, voice_id: str) -> None:
         try:
-            self._path(voice_id).unlink()
+            self.folder.remove(self._name(voice_id))
         except FileNotFoundError:
             raise VoiceNotFound(f"no saved voice {voice_id!r}", voice_id=voice_id) from None
-        self._sync_folder()
 
-    @staticmethod
-    def _record(voice_id: str, path: Path, metadata: dict[str, str]) -> VoiceRecord:
-        return VoiceRecord(
-            voice_id=voice_id,
-            name=metadata.get("name", voice_id),
-            description=metadata.get("description", ""),
-            created_at=metadata.get("created_at", ""),
-            size_bytes=path.stat().st_size,
-        )
+
+def _metadata(handle: BinaryIO, size: int) -> dict[str, str]:
+    """The string metadata in a safetensors header (a little-endian u64 length, then that much JSON), read
+    without the tensors (a listing reads only this); ValueError unless the header describes the whole file."""
+    prefix = handle.read(8)
+    if len(prefix) < 8:
+        raise ValueError("too short for a safetensors file")
+    (length,) = struct.unpack("<Q", prefix)
+    if length > size - 8:
+        raise ValueError("its header is longer than the file")
+    header = json.loads(handle.read(length))
+    try:
+        metadata = dict(header.pop("__metadata__", None) or {})
+        data_end = max((int(entry["data_offsets"][1]) for entry in header.values()), default=0)
+    except (AttributeError, KeyError, TypeError, IndexError, ValueError) as error:
+        raise ValueError(f"not a safetensors header: {error!r}") from error
+    if 8 + length + data_end != size:
+        raise ValueError(f"{size} bytes, where its header describes {8 + length + data_end}")
+    return {str(key): str(value) for key, value in metadata.items()}
+
+
+def _record(voice_id: str, metadata: dict[str, str], size_bytes: int) -> VoiceRecord:
+    return VoiceRecord(
+        voice_id=voice_id,
+        name=metadata.get("name", voice_id),
+        description=metadata.get("description", ""),
+        created_at=metadata.get("created_at", ""),
+        size_bytes=size_bytes,
+    )

@@ -10,7 +10,7 @@ import torch
 
 from services.cache import SpeakerCache
 from services.engine.latents import VoiceLatents
-from services.errors import InvalidVoiceId, VoiceExists, VoiceNotFound
+from services.errors import InvalidVoiceId, VoiceExists, VoiceNotFound, VoiceUnreadable
 from services.voice_store import VoiceStore
 from services.voices import VoiceService
 from tests.conftest import app_client, app_settings
@@ -188,3 +188,22 @@ def test_two_servers_on_one_voice_folder(tmp_path: Path) -> None:
         assert two.post("/tts_stream", json=speak).status_code == 200  # saved through one, spoken by two
         assert one.delete("/saved_voices/between-servers").status_code == 200
         assert two.post("/tts_stream", json=speak).status_code == 404  # two had it cached
+
+
+def test_a_cut_or_foreign_voice_file_is_unreadable_and_left_out_of_the_list(tmp_path: Path) -> None:
+    store = VoiceStore(tmp_path, 1024, 512)
+    store.save("good", latents(1), "Good", "", overwrite=False)
+    whole = (tmp_path / "good.safetensors").read_bytes()
+    foreign = {
+        "cut": whole[:-4],  # its header intact: a listing, which reads only the header, must notice too
+        "padded": whole + b"\0",
+        "tiny": b"\x01",
+        "huge-header": (2**40).to_bytes(8, "little") + b"{}",
+        "not-a-header": (2).to_bytes(8, "little") + b"[]",
+    }
+    for voice_id, content in foreign.items():
+        (tmp_path / f"{voice_id}.safetensors").write_bytes(content)
+        with pytest.raises(VoiceUnreadable):
+            store.load(voice_id)
+    assert [(record.voice_id, record.size_bytes) for record in store.records()] == [("good", len(whole))]
+    assert store.load("good")[0].size_bytes == len(whole)
