@@ -26,7 +26,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.stress import free_port
+from bench.stress_server import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "cluster.json"
