@@ -73,7 +73,7 @@ def run_part(label: str, part: Callable[[], Rows]) -> Rows:
     print(f"{label} ...", flush=True)
     try:
         rows = part()
-    except Exception as error:  # the server would not start, a client library raised: the row says so
+    except Exception as error:  # the server would not start, say: the row says so and the run exits 1
         rows = {label.split(",")[0]: {"problems": [f"the part crashed: {error!r}"], "ok": False}}
     wall_s = round(time.perf_counter() - started, 1)
     return {name: {**row, "wall_s": wall_s} for name, row in rows.items()}

@@ -4,17 +4,19 @@ DNS rebinding (a foreign Host and Origin on the loopback address), and the small
 from __future__ import annotations
 
 import io
+import json
 import socket
 import threading
 import wave
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 from safetensors.numpy import load_file, save_file
 from safetensors.numpy import safe_open as open_safetensors
 
-from bench.stress_server import SPEECH, Server, start
+from bench.stress_server import SPEECH, Server, held, start
 
 Row = dict[str, object]
 ABSURD = 1e20  # finite, so it passes a NaN/Infinity check, and far beyond what cloning ever makes
@@ -29,9 +31,9 @@ def request_attacks(folder: Path) -> dict[str, Row]:
     try:
         latents = httpx.get(f"{server.url}/studio_speakers", timeout=60).json()["Dummy Bass"]
         return {
-            "poisoned_latents": poisoned_latents(server, latents),
-            "dns_rebinding": dns_rebinding(server, latents),
-            "small_inputs": small_inputs(server),
+            "poisoned_latents": held(lambda: poisoned_latents(server, latents)),
+            "dns_rebinding": held(lambda: dns_rebinding(server, latents)),
+            "small_inputs": held(lambda: small_inputs(server)),
         }
     finally:
         server.stop()
@@ -80,65 +82,90 @@ class Listener(threading.Thread):
             self.started.set()
 
 
-def error_of(response: httpx.Response) -> tuple[str, str]:
-    """The error code and the rest of the body of a JSON error (empty when it is not one)."""
+@dataclass
+class Answer:
+    """A response read to its end, or as far as it came: `complete` is False for a body cut short."""
+
+    status_code: int
+    content: bytes
+    complete: bool
+
+    @property
+    def text(self) -> str:
+        return self.content.decode(errors="replace")
+
+
+def post_whole(url: str, body: dict[str, object], timeout_s: float = FIRST_AUDIO_TIMEOUT_S) -> Answer:
+    """POST and read the whole body; a stream the server cuts (after a 200) is an answer too, not a crash."""
+    received = bytearray()
+    with httpx.stream("POST", url, json=body, timeout=timeout_s) as response:
+        try:
+            for chunk in response.iter_raw():
+                received += chunk
+        except httpx.HTTPError:
+            return Answer(response.status_code, bytes(received), complete=False)
+    return Answer(response.status_code, bytes(received), complete=True)
+
+
+def error_of(response: httpx.Response | Answer) -> str:
+    """The error code of a JSON error body (empty when it is not one)."""
     try:
-        payload = response.json()
+        payload = json.loads(response.content)
     except ValueError:
-        return "", ""
-    if not isinstance(payload, dict):
-        return "", ""
-    error = payload.get("error")
+        return ""
+    error = payload.get("error") if isinstance(payload, dict) else None
     code = error.get("code") if isinstance(error, dict) else error  # OpenAI's shape under /v1/
-    return str(code or ""), response.text
+    return str(code or "")
 
 
-def refused_naming(response: httpx.Response, field: str) -> bool:
+def refused_naming(response: httpx.Response | Answer, field: str) -> bool:
     """A 4xx JSON error (`invalid_latents` or a validation error) whose body names the field."""
-    code, text = error_of(response)
-    return 400 <= response.status_code < 500 and bool(code) and field in text
+    return 400 <= response.status_code < 500 and bool(error_of(response)) and field in response.text
+
+
+def described(response: httpx.Response | Answer) -> str:
+    cut = "" if not isinstance(response, Answer) or response.complete else ", cut short"
+    return f"{response.status_code}{cut}, {len(response.content)} bytes: {response.text[:160]!r}"
 
 
 def poisoned_latents(server: Server, latents: dict[str, object]) -> Row:
-    """Three streams run; a fourth sends latents of 1e20 while they are in the batch: it gets a 4xx naming the
-    field before any audio, and the three finish whole, as long as alone. Saving such latents is refused, and a
-    saved voice poisoned on disk is refused when spoken."""
+    """Latents of 1e20 sent with three normal streams, twice: all four at once (they start in one batch), then
+    once the three play (it joins their batch). It gets a 4xx naming the field before any audio; the three finish
+    whole, as long as alone. Saving such latents is refused, and a saved voice poisoned on disk is refused when
+    spoken."""
     problems: list[str] = []
     solo = []
     for seed in (1, 2, 3):
-        response = httpx.post(f"{server.url}/tts_stream", json={**SPEECH, "text": OTHERS_TEXT, "seed": seed},
-                              timeout=FIRST_AUDIO_TIMEOUT_S)  # fmt: skip
-        solo.append(wav_frames(response.content) if response.status_code == 200 else None)
-    others = [Listener(server.url, seed) for seed in (1, 2, 3)]
-    for listener in others:
-        listener.start()
-    for listener in others:
-        listener.started.wait(FIRST_AUDIO_TIMEOUT_S)
+        alone = post_whole(f"{server.url}/tts_stream", {**SPEECH, "text": OTHERS_TEXT, "seed": seed})
+        solo.append(wav_frames(alone.content) if alone.status_code == 200 and alone.complete else None)
     body = {"text": OTHERS_TEXT, "language": "en", "seed": 4, **latents,
             "gpt_cond_latent": poisoned(latents["gpt_cond_latent"])}  # fmt: skip
-    attack = httpx.post(f"{server.url}/tts_stream", json=body, timeout=FIRST_AUDIO_TIMEOUT_S)
-    for listener in others:
-        listener.join(FIRST_AUDIO_TIMEOUT_S)
-    frames = [wav_frames(listener.body) for listener in others]
-    others_whole = all(listener.complete for listener in others) and frames == solo and None not in solo
-    if not refused_naming(attack, "gpt_cond_latent"):
-        problems.append(f"poisoned stream: {attack.status_code} {attack.text[:160]!r}")
-    if not others_whole:
-        problems.append(f"others: complete {[listener.complete for listener in others]}, frames {frames}, "
-                        f"alone {solo}")  # fmt: skip
+    statuses, others_whole, others_frames = [], True, []
+    for when in ("at once", "mid-stream"):
+        attack, others = poisoned_round(server, body, mid_stream=when == "mid-stream")
+        frames = [wav_frames(listener.body) for listener in others]
+        whole = all(listener.complete for listener in others) and frames == solo and None not in solo
+        statuses.append(attack.status_code)
+        others_whole &= whole
+        others_frames.append(frames)
+        if not refused_naming(attack, "gpt_cond_latent"):
+            problems.append(f"poisoned stream ({when}): {described(attack)}")
+        if not whole:
+            problems.append(f"others ({when}): complete {[listener.complete for listener in others]}, "
+                            f"frames {frames}, alone {solo}")  # fmt: skip
     save = httpx.post(f"{server.url}/save_voice/poisoned", timeout=60,
                       json={**latents, "gpt_cond_latent": poisoned(latents["gpt_cond_latent"])})  # fmt: skip
     if not refused_naming(save, "gpt_cond_latent"):
-        problems.append(f"/save_voice: {save.status_code} {save.text[:160]!r}")
+        problems.append(f"/save_voice: {described(save)}")
     stored = speak_planted_voice(server, latents)
     # A file the server wrote itself is its own fault (500 voice_unreadable); refused either way, before any audio.
-    if stored.status_code == 200 or error_of(stored)[0] not in ("invalid_latents", "voice_unreadable"):
-        problems.append(f"stored poisoned voice: {stored.status_code} {stored.text[:160]!r}")
+    if stored.status_code == 200 or error_of(stored) not in ("invalid_latents", "voice_unreadable"):
+        problems.append(f"stored poisoned voice: {described(stored)}")
     return {
-        "stream_status": attack.status_code,
-        "stream_error": error_of(attack)[0],
+        "stream_statuses": statuses,
+        "stream_error": error_of(attack) or ("cut short" if not attack.complete else ""),
         "others_complete": others_whole,
-        "others_frames": frames,
+        "others_frames": others_frames,
         "save_status": save.status_code,
         "stored_voice_status": stored.status_code,
         "problems": problems,
@@ -146,7 +173,20 @@ def poisoned_latents(server: Server, latents: dict[str, object]) -> Row:
     }
 
 
-def speak_planted_voice(server: Server, latents: dict[str, object]) -> httpx.Response:
+def poisoned_round(server: Server, body: dict[str, object], mid_stream: bool) -> tuple[Answer, list[Listener]]:
+    """The attack among three listeners, sent with them or once each has its first audio; all read to the end."""
+    others = [Listener(server.url, seed) for seed in (1, 2, 3)]
+    for listener in others:
+        listener.start()
+    for listener in others if mid_stream else []:
+        listener.started.wait(FIRST_AUDIO_TIMEOUT_S)
+    attack = post_whole(f"{server.url}/tts_stream", body)
+    for listener in others:
+        listener.join(FIRST_AUDIO_TIMEOUT_S)
+    return attack, others
+
+
+def speak_planted_voice(server: Server, latents: dict[str, object]) -> Answer:
     """Save a good voice, overwrite its file's latents with 1e20 (as a tampered or old file would hold), speak it."""
     saved = httpx.post(f"{server.url}/save_voice/planted", json={**latents, "overwrite": True}, timeout=60)
     saved.raise_for_status()
@@ -156,7 +196,7 @@ def speak_planted_voice(server: Server, latents: dict[str, object]) -> httpx.Res
     tensors = load_file(str(path))
     tensors["gpt_cond_latent"] = tensors["gpt_cond_latent"] * 0 + ABSURD
     save_file(tensors, str(path), metadata=metadata)
-    return httpx.post(f"{server.url}/tts_stream", json={**SPEECH, "speaker_id": "planted"}, timeout=120)
+    return post_whole(f"{server.url}/tts_stream", {**SPEECH, "speaker_id": "planted"})
 
 
 def dns_rebinding(server: Server, latents: dict[str, object]) -> Row:

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,3 +91,12 @@ def start(folder: Path, **settings: str) -> Server:
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else 0.0
+
+
+def held(attack: Callable[[], dict[str, object]]) -> dict[str, object]:
+    """An attack's row; one that raised (a client library error, a server that went away) is a failed row, so the
+    attacks after it on the same server still run."""
+    try:
+        return attack()
+    except Exception as error:  # whatever it was, the row says so and the run exits 1
+        return {"problems": [f"the attack crashed: {error!r}"], "ok": False}

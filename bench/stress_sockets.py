@@ -15,7 +15,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from bench.stress_server import Server, start
+from bench.stress_server import Server, held, start
 from config import Settings
 
 Row = dict[str, object]
@@ -54,8 +54,8 @@ async def open_socket(url: str, config: dict[str, object] = CONFIG, **options: A
     return client
 
 
-async def listen(client: ClientConnection, heard: Heard, until: str = "done") -> Heard:
-    """Read frames into `heard` until an event of type `until`, an error event, or the close."""
+async def listen(client: ClientConnection, heard: Heard, until: tuple[str, ...] = ("done",)) -> Heard:
+    """Read frames into `heard` until an event of a type in `until`, or the close."""
     try:
         async with asyncio.timeout(TURN_TIMEOUT_S):
             async for frame in client:
@@ -70,12 +70,12 @@ async def listen(client: ClientConnection, heard: Heard, until: str = "done") ->
                     heard.errors.append(f"{event.get('error')}: {str(event.get('message'))[:120]}")
                 heard.done |= kind == "done"
                 heard.cleared |= kind == "cleared"
-                if kind == until:
+                if kind in until:
                     return heard
     except ConnectionClosed:
         pass
     except TimeoutError:
-        heard.errors.append(f"no {until} within {TURN_TIMEOUT_S} s")
+        heard.errors.append(f"no {' or '.join(until) or 'close'} within {TURN_TIMEOUT_S} s")
     heard.close_code = client.close_code
     return heard
 
@@ -91,8 +91,8 @@ def socket_attacks(folder: Path, short: bool) -> dict[str, Row]:
     server = start(folder, MAX_AUDIO_TOKENS="16", WS_IDLE_TIMEOUT="600", **ping_settings)
     try:
         return {
-            "socket_turns": asyncio.run(socket_turns(server)),
-            "slow_reader": asyncio.run(slow_reader(server, silence_s, ping_settings)),
+            "socket_turns": held(lambda: asyncio.run(socket_turns(server))),
+            "slow_reader": held(lambda: asyncio.run(slow_reader(server, silence_s, ping_settings))),
         }
     finally:
         server.stop()
@@ -122,9 +122,9 @@ async def socket_turns(server: Server) -> Row:
             turns.append(await listen(client, Heard()))
         await say(client, TURN_TEXT)
         interrupted = Heard()
-        await listen(client, interrupted, until="audio_start")
+        await listen(client, interrupted, until=("audio_start", "done"))  # done: the turn made no audio
         await client.send(json.dumps({"type": "clear"}))
-        await listen(client, interrupted, until="cleared")
+        await listen(client, interrupted, until=("cleared",))
         await say(client, TURN_TEXT)
         turns.append(await listen(client, Heard()))
     finally:
@@ -175,7 +175,7 @@ async def slow_reader(server: Server, silence_s: float, ping_settings: dict[str,
     heard = await listen(client, Heard())
     if heard.close_code is None:
         await client.send(json.dumps({"type": "close"}))
-        await listen(client, heard, until="never")  # to the server's close
+        await listen(client, heard, until=())  # to the server's close
     audio_lost = not heard.done or heard.audio_bytes != control.audio_bytes
     problems = []
     if audio_lost or heard.errors or heard.close_code != 1000:
