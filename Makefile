@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: run test lint bench bench-cluster cluster stress stress-short compare-precision system-deps browser-deps clean
+.PHONY: run test test-fast lint bench bench-cluster cluster stress stress-short compare-precision system-deps browser-deps clean
 
 # Debian's ffmpeg decodes uploads and provides the libraries torchcodec loads.
 system-deps:
@@ -47,8 +47,12 @@ $(VENV)/.cluster: $(VENV)/.runtime requirements-cluster.txt
 run: system-deps $(VENV)/.runtime
 	$(PY) run.py
 
+# Every layer (what CI runs); test-fast: unit, engine and app (in-process, no server, Ray or browser).
 test: system-deps browser-deps $(VENV)/.dev
 	$(PY) -m pytest
+
+test-fast: system-deps $(VENV)/.dev
+	$(PY) -m pytest -m "unit or engine or app"
 
 lint: $(VENV)/.dev
 	$(PY) -m ruff check .

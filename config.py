@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -10,6 +12,20 @@ from typing import Literal
 import psutil
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The names a browser on this machine uses for it: a page cannot re-point them (see ALLOWED_HOSTS).
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+EVERY_INTERFACE = frozenset({"0.0.0.0", "::", "[::]", ""})  # HOST values that bind every interface
+_HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?")
+
+
+def _is_host(entry: str) -> bool:
+    """A host name or an IP address (IPv6 with or without brackets): no scheme, port or path."""
+    try:
+        ipaddress.ip_address(entry.removeprefix("[").removesuffix("]"))
+        return True
+    except ValueError:
+        return bool(_HOST_NAME.fullmatch(entry))
 
 
 def _physical_cores() -> int:
@@ -28,7 +44,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=True)
 
     HOST: str = "127.0.0.1"
-    """Interface uvicorn binds to: loopback by default; `0.0.0.0` for containers and the LAN (set API_KEYS)."""
+    """Interface uvicorn binds to: loopback by default; `0.0.0.0` for containers and the LAN (set API_KEYS and
+    ALLOWED_HOSTS)."""
     PORT: int = Field(8000, ge=1, le=65535)
     """TCP port uvicorn listens on."""
     DEBUG: bool = False
@@ -104,10 +121,19 @@ class Settings(BaseSettings):
     """Seconds a /v1/tts/ws socket may stay silent (no message, nothing being spoken) before it is closed."""
     WS_MAX_WAIT_SECONDS: float = Field(1.5, gt=0, le=60)
     """Seconds /v1/tts/ws lets text without sentence-final punctuation wait before speaking it anyway."""
+    WS_PING_INTERVAL: float = Field(20.0, gt=0, le=3600)
+    """Seconds between the keep-alive pings the server sends each WebSocket."""
+    WS_PING_TIMEOUT: float = Field(20.0, gt=0, le=3600)
+    """Seconds a WebSocket client may leave a ping unanswered while its TCP acknowledges nothing either; then it
+    is gone: closed, its work cancelled. A client that is there but not reading is paused, not closed."""
     HEADER_TIMEOUT: float = Field(10.0, gt=0, le=600)
     """Seconds a client may take to send a request's line and headers; slower connections are closed."""
     CORS_ALLOW_ORIGINS: str = ""
     """Comma-separated origins whose web pages may call the server (e.g. `http://localhost:8000`); `*` for any."""
+    ALLOWED_HOSTS: str = ""
+    """Comma-separated host names and addresses clients reach the server by, matched without the port, beyond
+    the loopback names and HOST (always allowed); a request for any other `Host` gets 400, which defeats DNS
+    rebinding. `*` turns the check off."""
 
     @field_validator("CUSTOM_MODEL_PATH", "DUMMY_MODEL", "MAX_AUDIO_TOKENS", "API_KEYS_FILE", mode="before")
     @classmethod
@@ -119,6 +145,14 @@ class Settings(BaseSettings):
     def _readable_keys_file(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_file():
             raise ValueError("not a readable file")
+        return value
+
+    @field_validator("ALLOWED_HOSTS")
+    @classmethod
+    def _host_names(cls, value: str) -> str:
+        for entry in (entry.strip() for entry in value.split(",")):
+            if entry and entry != "*" and not _is_host(entry):
+                raise ValueError(f"{entry[:100]!r} is not a host name or address (no scheme, port or path)")
         return value
 
     @property
@@ -146,6 +180,16 @@ class Settings(BaseSettings):
     def cors_allow_origins(self) -> list[str]:
         """CORS_ALLOW_ORIGINS as a list, blanks and trailing slashes dropped (browsers send none)."""
         return [origin.strip().rstrip("/") for origin in self.CORS_ALLOW_ORIGINS.split(",") if origin.strip()]
+
+    @property
+    def allowed_hosts(self) -> list[str]:
+        """The hosts requests may name: `["*"]` for any; otherwise the loopback names, HOST unless it binds
+        every interface, and ALLOWED_HOSTS."""
+        listed = [entry.strip() for entry in self.ALLOWED_HOSTS.split(",") if entry.strip()]
+        if "*" in listed:
+            return ["*"]
+        bound = [] if self.HOST.strip() in EVERY_INTERFACE else [self.HOST.strip()]
+        return list(dict.fromkeys([*LOOPBACK_HOSTS, *bound, *listed]))
 
     @property
     def preload_voice_ids(self) -> list[str]:

@@ -16,13 +16,16 @@ import anyio
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from api.access import ApiKeyMiddleware, open_paths
-from api.cors import allow_origins, guard_writes
 from api.errors import register_exception_handlers
-from api.observability import ReplicaHeaderMiddleware, RequestCountMiddleware
+from api.middleware.allowed_hosts import HostNames, check_hosts
+from api.middleware.api_keys import ApiKeyMiddleware, open_paths
+from api.middleware.cors import allow_origins
+from api.middleware.origin_guard import guard_writes
+from api.middleware.replica_header import ReplicaHeaderMiddleware
+from api.middleware.request_counting import RequestCountMiddleware
+from api.middleware.upload_limit import UploadLimitMiddleware
 from api.routes import router
 from api.state import AppState, ModelServices, XttsApiState, attach
-from api.upload_limit import UploadLimitMiddleware
 from config import Settings, get_settings
 from services.admission import AdmissionGate
 from services.cache import SpeakerCache
@@ -34,7 +37,7 @@ from services.engine.tts import TTSEngine
 from services.errors import ModelUnavailable
 from services.metrics import LiveFigures, Metrics
 from services.peers import NO_PEERS, LocalAnswers, Peers, SessionDirectory
-from services.sessions import SessionRegistry, log_session
+from services.sessions import SHUTTING_DOWN, SessionRegistry, log_session
 from services.speech import SpeechLimits, SpeechService
 from services.utils import configure_logging
 from services.voice_store import VoiceStore
@@ -124,7 +127,7 @@ async def _bring_up(state: AppState, engine: Engine) -> None:
     state.metrics.figures.batch = lambda: (scheduler.running, scheduler.limits.max_batch_size, scheduler.steps)
     store = VoiceStore(settings.VOICES_DIR, engine.latent_dim, engine.embedding_dim)
     if removed := await anyio.to_thread.run_sync(store.remove_leftovers):
-        logger.warning("removed %d half-written voice files from %s", removed, settings.VOICES_DIR)
+        logger.warning("removed %d half-written files (voices, settings) from %s", removed, settings.VOICES_DIR)
     clone_limits = CloneLimits(settings.MAX_CLONE_FILES, settings.MAX_CLONE_SECONDS)
     voices = VoiceService(engine, store, state.cache, state.gate, clone_limits)
     await voices.preload(settings.preload_voice_ids)
@@ -136,7 +139,10 @@ async def _bring_up(state: AppState, engine: Engine) -> None:
         studio_speakers_json=await anyio.to_thread.run_sync(_studio_speakers_json, engine),
     )
     state.status = "ready"
-    logger.info("ready: http://%s:%d/ (Swagger UI)", settings.HOST, settings.PORT)
+    # a wildcard bind is reached by a name (ALLOWED_HOSTS): show the one every machine answers to
+    shown = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(settings.HOST, settings.HOST)
+    shown = f"[{shown}]" if ":" in shown else shown
+    logger.info("ready: http://%s:%d/ (Swagger UI)", shown, settings.PORT)
 
 
 def _default_exit() -> None:
@@ -194,7 +200,7 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await starting
             for stream in state.sessions.live():
-                stream.cancel("server shutting down")
+                stream.cancel(SHUTTING_DOWN)
             # Streams whose response task uvicorn cancelled close in the background: let them record their
             # outcome (and log it) while the model thread can still let go of them.
             if not await state.sessions.wait_all_finished(timeout_s=5.0):
@@ -214,9 +220,12 @@ def create_app(
     )
     register_exception_handlers(app)
     app.include_router(router)
-    # Outermost last: CORS (answers preflights) > replica header (cluster only) > request counting > origin guard
-    # > API keys > upload limit.
+    # Added innermost first, so the outermost is the last line. From the outside in: allowed hosts (400 for a
+    # Host not ours, before anything else sees the request) > CORS (answers preflights) > replica header
+    # (cluster only) > request counting > origin guard (403) > API keys (401) > upload limit (413).
+    # See api/middleware/__init__.py.
     keys, admin_keys = settings.api_keys()
+    hosts = HostNames.of(settings.allowed_hosts)
     app.add_middleware(UploadLimitMiddleware, limit_bytes=int(settings.MAX_UPLOAD_MB * 1_000_000))
     app.add_middleware(
         ApiKeyMiddleware,
@@ -224,11 +233,12 @@ def create_app(
         admin_keys=admin_keys,
         is_open=open_paths(settings.METRICS_NEED_KEY, settings.DOCS_NEED_KEY),
     )
-    guard_writes(app, settings.cors_allow_origins)
+    guard_writes(app, settings.cors_allow_origins, hosts)
     app.add_middleware(RequestCountMiddleware)
     if peers.replica is not None:
         app.add_middleware(ReplicaHeaderMiddleware, replica=peers.replica)
     allow_origins(app, settings.cors_allow_origins)
+    check_hosts(app, hosts, settings.HOST)
     _warn_if_exposed(settings, bool(keys))
     return app
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from api.access import LOCAL_CALLER, Caller
+from api.middleware.api_keys import LOCAL_CALLER, Caller
 from api.state import AppState, ModelServices, XttsApiState, app_state
 from config import Settings
 from services.admission import AdmissionGate

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from enum import IntEnum
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -14,10 +15,14 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services import errors
+from services.errors import clipped
 
 logger = logging.getLogger(__name__)
 
 OPENAI_PREFIX = "/v1/"
+MESSAGE_LIMIT = 1000
+"""Characters of an error message: each value it quotes is clipped shorter (services.errors.echoed), this bounds
+the rest."""
 XTTS_API_PREFIX = "/xtts-api/"
 
 # Every ServiceError the server raises, by class; RetryLater's also carry Retry-After (headers_for).
@@ -25,6 +30,7 @@ STATUS_BY_ERROR: dict[type[errors.ServiceError], int] = {
     errors.InvalidInput: 400,
     errors.UnsupportedLanguage: 400,
     errors.InvalidAudio: 400,
+    errors.HostNotAllowed: 400,
     errors.Unauthorized: 401,
     errors.Forbidden: 403,
     errors.VoiceNotFound: 404,
@@ -39,6 +45,9 @@ STATUS_BY_ERROR: dict[type[errors.ServiceError], int] = {
     errors.Overloaded: 429,
     errors.VoiceUnreadable: 500,
     errors.NotReady: 503,
+    # only /v1/tts/ws raises these (SOCKET_CLOSE_BY_ERROR); their statuses are for completeness
+    errors.IdleTimeout: 408,
+    errors.UnsupportedData: 415,
 }
 
 
@@ -74,7 +83,7 @@ class OpenAIErrorBody(BaseModel):
 
 
 _STATUS_MEANINGS = {
-    400: "Bad input (language, text, audio).",
+    400: "Bad input (language, text, audio), or a Host that is not in ALLOWED_HOSTS.",
     401: "API keys are on and the request has none, or a wrong one (see WWW-Authenticate).",
     403: "Not allowed: an admin key is needed, or a state-changing request came from a page on another origin.",
     404: "Unknown voice, speaker, session or route.",
@@ -112,6 +121,41 @@ def status_for(error: errors.ServiceError) -> int:
     return 500
 
 
+class CloseCode(IntEnum):
+    """RFC 6455 close codes /v1/tts/ws ends with."""
+
+    NORMAL = 1000
+    UNSUPPORTED_DATA = 1003
+    POLICY_VIOLATION = 1008
+    INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012  # the server is shutting down: reconnect (to another replica)
+    TRY_AGAIN_LATER = 1013  # the model is not ready yet
+
+
+# /v1/tts/ws: every ServiceError reaches the client as an `error` event (socket_error_event) and the socket goes on,
+# except these, which then close it with this code; before the config is accepted, any error closes it with 1008.
+SOCKET_CLOSE_BY_ERROR: dict[type[errors.ServiceError], CloseCode] = {
+    errors.UnsupportedData: CloseCode.UNSUPPORTED_DATA,
+    errors.IdleTimeout: CloseCode.NORMAL,
+}
+
+
+def socket_close_for(error: errors.ServiceError, configured: bool) -> CloseCode | None:
+    """The close code that ends a socket after `error`, or None: it is reported and the socket goes on."""
+    for error_type, code in SOCKET_CLOSE_BY_ERROR.items():
+        if isinstance(error, error_type):
+            return code
+    return None if configured else CloseCode.POLICY_VIOLATION
+
+
+def socket_error_event(error: errors.ServiceError) -> dict[str, object]:
+    """An error as the socket sends it: `{"type": "error", "error": code, "message"}` (+ `retry_after_s`)."""
+    event: dict[str, object] = {"type": "error", "error": error.code, "message": clipped(error.message, MESSAGE_LIMIT)}
+    if isinstance(error, errors.RetryLater):
+        event["retry_after_s"] = error.retry_after_s
+    return event
+
+
 def headers_for(error: errors.ServiceError) -> dict[str, str] | None:
     if isinstance(error, errors.RetryLater):
         return {"Retry-After": str(error.retry_after_s)}
@@ -124,6 +168,7 @@ def error_response(
     path: str, status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
     """Our error schema; under /v1/ OpenAI's, so its client libraries raise their usual errors."""
+    message = clipped(message, MESSAGE_LIMIT)
     if path.startswith(OPENAI_PREFIX):
         param = details.get("param") if isinstance(details, dict) else None
         if isinstance(details, list) and details:
@@ -138,8 +183,9 @@ def error_response(
 
 
 def service_error_response(path: str, error: errors.ServiceError) -> JSONResponse:
-    """A domain error as the API family at `path` renders it."""
-    return error_response(path, status_for(error), error.code, error.message, error.details or None, headers_for(error))
+    """A domain error as the API family at `path` renders it (string details, often the client's values, clipped)."""
+    details = {key: clipped(value) if isinstance(value, str) else value for key, value in error.details.items()}
+    return error_response(path, status_for(error), error.code, error.message, details or None, headers_for(error))
 
 
 def register_exception_handlers(app: FastAPI) -> None:
@@ -156,8 +202,9 @@ def register_exception_handlers(app: FastAPI) -> None:
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
         problems = [
             {
-                "field": ".".join(str(part) for part in problem["loc"][1:]) or "body",
-                "message": problem["msg"],
+                # keys and messages may quote the request (an unknown 1 MB key, a value in a ValueError)
+                "field": ".".join(clipped(str(part)) for part in problem["loc"][1:]) or "body",
+                "message": clipped(problem["msg"], MESSAGE_LIMIT),
                 "type": problem["type"],
             }
             for problem in error.errors()[:20]  # a bad 32x1024 list would otherwise list thousands

@@ -6,21 +6,25 @@ from __future__ import annotations
 import time
 
 import anyio
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 
 from api.deps import CallerDep, EngineDep, SettingsDep, SpeechDep, VoicesDep
 from api.disconnect import open_admitted
 from api.errors import OPENAI_ERROR_RESPONSES
 from api.openai_sse import SpeechEventEncoder
+from api.query import well_formed_query
 from api.responses import AudioStreamResponse, StreamEncoder, stream_headers
+from api.speech_jobs import options_of
 from models.inputs import OPENAI_VOICES, OpenAISpeechRequest
 from services.encoders import AudioEncoder
-from services.errors import ModelNotFound
+from services.errors import ModelNotFound, echoed
 from services.formats import MEDIA_TYPES
 from services.language import detect_language
-from services.speech import SpeechJob, SpeechOptions
+from services.speech import SpeechJob
 
-router = APIRouter(prefix="/v1", tags=["openai"], responses=OPENAI_ERROR_RESPONSES)
+router = APIRouter(
+    prefix="/v1", tags=["openai"], responses=OPENAI_ERROR_RESPONSES, dependencies=[Depends(well_formed_query)]
+)
 MODEL_IDS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts", "xtts-v2")
 _CREATED = int(time.time())
 
@@ -81,14 +85,14 @@ async def speech(
 ) -> Response:
     """Errors come in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`."""
     if body.model not in MODEL_IDS:
-        raise ModelNotFound(f"the model {body.model!r} does not exist; see /v1/models", param="model")
+        raise ModelNotFound(f"the model {echoed(body.model)} does not exist; see /v1/models", param="model")
     encoder = AudioEncoder(body.response_format)
     language = body.language
     if language is None:
         language = await anyio.to_thread.run_sync(detect_language, body.input, settings.DEFAULT_LANGUAGE)
     builtin_names = sorted(engine.builtin_speakers)
     voice = _voice(body.voice, settings.openai_voice_map, settings.OPENAI_DEFAULT_VOICE, builtin_names)
-    job = SpeechJob(body.input, language, voice, SpeechOptions(speed=body.speed, seed=body.seed), owner=caller.key_id)
+    job = SpeechJob(body.input, language, voice, options_of(body, body.seed), owner=caller.key_id)
     stream = await open_admitted(request, speech, job)
     headers = {**stream_headers(stream, encoder.sample_rate), "X-Language": language}
     wire: StreamEncoder = encoder

@@ -6,12 +6,13 @@ import base64
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse, Response
 
 from api.deps import CallerDep, SpeechDep
 from api.disconnect import open_admitted
 from api.errors import ERROR_RESPONSES
+from api.query import well_formed_query
 from api.responses import AudioStreamResponse, stream_headers
 from api.speech_jobs import options_of, speak_whole, voice_of
 from models.inputs import SpeechRequest
@@ -19,7 +20,7 @@ from services.encoders import AudioEncoder, encode_whole
 from services.formats import MEDIA_TYPES
 from services.speech import SpeechJob
 
-router = APIRouter(tags=["speech"], responses=ERROR_RESPONSES)
+router = APIRouter(tags=["speech"], responses=ERROR_RESPONSES, dependencies=[Depends(well_formed_query)])
 
 _AUDIO_CONTENT: dict[str, dict[str, Any]] = {media_type: {} for media_type in MEDIA_TYPES.values()}
 _WAV_RESPONSE = {"content": _AUDIO_CONTENT, "description": "WAV (16-bit mono, 24 kHz) or the output_format asked for."}

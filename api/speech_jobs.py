@@ -3,10 +3,13 @@ whole utterance collected for routes that answer once it is spoken."""
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 from fastapi import Request
+from pydantic import BaseModel
 
 from api.disconnect import open_admitted, until_disconnected
-from models.inputs import GenerationOptions, VoiceAndFormat
+from models.inputs import VoiceAndFormat
 from services.speech import GivenLatents, SpeechJob, SpeechOptions, SpeechService
 from services.speech_stream import SpeechStream
 
@@ -20,19 +23,14 @@ def voice_of(body: VoiceAndFormat) -> str | GivenLatents:
     return GivenLatents(body.gpt_cond_latent, body.speaker_embedding)
 
 
-def options_of(body: GenerationOptions, seed: int | None) -> SpeechOptions:
-    """How to speak, as a body asks (`seed` passed apart: a socket derives one per sentence)."""
-    return SpeechOptions(
-        temperature=body.temperature,
-        top_p=body.top_p,
-        top_k=body.top_k,
-        repetition_penalty=body.repetition_penalty,
-        speed=body.speed,
-        stream_chunk_size=body.stream_chunk_size,
-        enable_text_splitting=body.enable_text_splitting,
-        seed=seed,
-    )
+_OPTION_NAMES = tuple(option.name for option in fields(SpeechOptions))
 
+
+def options_of(body: BaseModel, seed: int | None) -> SpeechOptions:
+    """How to speak, as a body of any API family asks: each generation setting it has (named as in
+    GenerationOptions), the defaults for those it lacks; `seed` passed apart (a socket derives one per sentence)."""
+    given = {name: getattr(body, name) for name in _OPTION_NAMES if name in type(body).model_fields}
+    return SpeechOptions(**{**given, "seed": seed})
 
 
 async def speak_whole(request: Request, speech: SpeechService, job: SpeechJob) -> tuple[SpeechStream, bytes]:

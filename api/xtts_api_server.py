@@ -13,15 +13,16 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 import anyio
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
-from api.access import Caller
 from api.deps import CallerDep, SpeechDep, VoicesDep, XttsApiDep
 from api.disconnect import open_admitted
 from api.errors import XTTS_API_ERROR_RESPONSES
+from api.middleware.api_keys import Caller
+from api.query import well_formed_query
 from api.responses import AudioStreamResponse, stream_headers
-from api.speech_jobs import speak_whole
+from api.speech_jobs import options_of, speak_whole
 from api.state import XttsApiState
 from models.inputs import Language, Text
 from models.xtts_api import LANGUAGE_NAMES, Speaker, SynthesisRequest, TtsSettings, TtsSettingsUpdate
@@ -29,7 +30,13 @@ from services.encoders import AudioEncoder, encode_whole
 from services.speech import SpeechJob, SpeechOptions
 
 PREFIX = "/xtts-api"
-router = APIRouter(prefix=PREFIX, tags=["xtts-api-server"], responses=XTTS_API_ERROR_RESPONSES)
+# Its clients build query strings by hand (SillyTavern's <audio src>): a malformed one is 422, not guessed at.
+router = APIRouter(
+    prefix=PREFIX,
+    tags=["xtts-api-server"],
+    responses=XTTS_API_ERROR_RESPONSES,
+    dependencies=[Depends(well_formed_query)],
+)
 
 PREVIEW_TEXT = "Hello! This is how my voice sounds."
 _WAV: dict[int | str, dict[str, Any]] = {
@@ -43,16 +50,7 @@ def _voice_id(speaker_wav: str) -> str:
 
 
 async def _job(text: str, speaker_wav: str, language: str, state: XttsApiState, caller: Caller) -> SpeechJob:
-    settings = await state.settings_for(caller.key_id)
-    options = SpeechOptions(
-        temperature=settings.temperature,
-        top_p=settings.top_p,
-        top_k=settings.top_k,
-        repetition_penalty=settings.repetition_penalty,
-        speed=settings.speed,
-        stream_chunk_size=settings.stream_chunk_size,
-        enable_text_splitting=settings.enable_text_splitting,
-    )
+    options = options_of(await state.settings_for(caller.key_id), seed=None)
     return SpeechJob(text, language, _voice_id(speaker_wav), options, owner=caller.key_id)
 
 

@@ -5,11 +5,21 @@ from __future__ import annotations
 import json
 from typing import Annotated, Literal, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from models.generation import GenerationOptions, IgnoredOptions, from_text, option
 from services.engine.languages import XTTS_LANGUAGES
 from services.engine.pcm import OUTPUT_SAMPLE_RATE
-from services.errors import InvalidInput
+from services.errors import InvalidInput, clipped, echoed
 from services.formats import OUTPUT_FORMATS, OutputFormat, format_problem
 from services.ids import ID_PATTERN
 
@@ -31,7 +41,7 @@ def _normalise_language(value: str) -> str:
     code = value.strip().lower()
     code = _LANGUAGE_ALIASES.get(code, code)
     if code not in XTTS_LANGUAGES:
-        raise ValueError(f"unsupported language {value!r}; supported: {', '.join(XTTS_LANGUAGES)}")
+        raise ValueError(f"unsupported language {echoed(value)}; supported: {', '.join(XTTS_LANGUAGES)}")
     return code
 
 
@@ -66,37 +76,9 @@ Language = Annotated[
 ]
 
 
-class GenerationOptions(BaseModel):
-    """How XTTS samples and paces speech; defaults are XTTS v2's published config."""
-
-    temperature: float = Field(0.75, gt=0, le=5, description="Softmax temperature of the GPT; higher varies more.")
-    top_p: float = Field(0.85, gt=0, le=1, description="Nucleus sampling: keep the most likely tokens up to this mass.")
-    top_k: int = Field(50, ge=0, le=1024, description="Sample among the k most likely tokens (0 turns it off).")
-    repetition_penalty: float = Field(5.0, ge=1, le=50, description="Penalty on audio tokens already generated.")
-    length_penalty: float = Field(
-        1.0,
-        ge=-10,
-        le=10,
-        description="Accepted for compatibility; XTTS only uses it in beam search, which streaming does not do.",
-    )
-    speed: float = Field(1.0, ge=0.25, le=4.0, description="Speaking rate; 1.0 is the voice's own pace.")
-    stream_chunk_size: int = Field(
-        20,
-        ge=1,
-        le=400,
-        description="Largest chunk in GPT tokens (about 46 ms of audio each). Chunks start short for a fast "
-        "first sound and double up to this.",
-    )
-    enable_text_splitting: bool = Field(
-        True, description="Split long text into sentences within XTTS's per-language limits."
-    )
-    seed: int | None = Field(
-        None, ge=0, le=2**63 - 1, description="Seed for reproducible sampling; the one used is in X-Seed."
-    )
-
-
-class VoiceAndFormat(GenerationOptions):
-    """Whose voice, which language and output format: shared by /tts, /tts_stream and the WebSocket's config."""
+class VoiceAndFormat(IgnoredOptions, GenerationOptions):
+    """Whose voice, which language and output format, and every generation setting (strict JSON numbers): shared
+    by /tts, /tts_stream and the WebSocket's config."""
 
     language: Language
     speaker_id: Text | None = Field(
@@ -152,6 +134,12 @@ class SpeechRequest(VoiceAndFormat):
         None, description="Propose the session id (else one is made; see /stream_status); a duplicate is 409."
     )
 
+    @field_validator("stream_chunk_size", mode="before")
+    @classmethod
+    def _coquis_text(cls, value: object) -> object:
+        """coqui's xtts-streaming-server declares it a string, and its clients send "20"."""
+        return from_text(value)
+
 
 # -- /v1/tts/ws messages ----------------------------------------------------------------------------------------
 
@@ -192,21 +180,21 @@ def parse_socket_message(raw: str) -> SocketMessage:
     if not isinstance(data, dict) or "type" not in data:
         raise InvalidInput('a message is a JSON object with a "type"')
     if data["type"] not in {"config", "text", "flush", "clear", "close"}:
-        raise InvalidInput(f"unknown message type {data['type']!r}; use config, text, flush, clear or close")
+        raise InvalidInput(f"unknown message type {echoed(data['type'])}; use config, text, flush, clear or close")
     try:
         return _SOCKET_MESSAGES.validate_python(data)
     except ValidationError as error:
         problems = "; ".join(
-            f"{'.'.join(str(part) for part in problem['loc'][1:]) or 'message'}: {problem['msg']}"
+            f"{clipped('.'.join(str(part) for part in problem['loc'][1:])) or 'message'}: {problem['msg']}"
             for problem in error.errors()[:5]
         )
         raise InvalidInput(f"bad {data['type']} message: {problems}") from None
 
 
 class CloneOptions(BaseModel):
-    """The `options` form field of /clone_speaker, as JSON."""
+    """The `options` form field of /clone_speaker, as JSON (strict: JSON numbers and booleans)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     response_format: Literal["latents", "save"] = Field(
         "latents", description="`latents` returns {gpt_cond_latent, speaker_embedding}; `save` stores the voice."
@@ -246,6 +234,8 @@ OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "onyx", "no
 class OpenAISpeechRequest(BaseModel):
     """OpenAI's POST /v1/audio/speech body, plus an optional `language`."""
 
+    model_config = ConfigDict(strict=True)
+
     model: str = Field("tts-1", description="Any id from /v1/models; all use the one XTTS model.")
     input: Annotated[str, AfterValidator(_not_blank)] = Field(description="Text to speak.")
     voice: Text = Field(
@@ -256,16 +246,13 @@ class OpenAISpeechRequest(BaseModel):
     response_format: OutputFormat = Field(
         "mp3", description=f"One of {', '.join(OUTPUT_FORMATS)}; pcm is 16-bit little-endian mono at 24 kHz."
     )
-    speed: float = Field(1.0, ge=0.25, le=4.0)
+    speed: float = option("speed")
     language: Language | None = Field(
         None, description="Not in OpenAI's API: the text's language; detected from the text when left out."
     )
     instructions: Text | None = Field(None, max_length=4096, description="Accepted and ignored (XTTS takes none).")
-    seed: int | None = Field(
-        None,
-        ge=0,
-        le=2**63 - 1,
-        description="Not in OpenAI's API: seed for reproducible speech (the one used is in X-Seed).",
+    seed: int | None = option(
+        "seed", description="Not in OpenAI's API: seed for reproducible speech (the one used is in X-Seed)."
     )
     stream_format: Literal["audio", "sse"] = Field(
         "audio",

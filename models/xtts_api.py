@@ -1,13 +1,15 @@
 """Request and response bodies of xtts-api-server's API (daswer123/xtts-api-server), as its clients send them.
 
-SillyTavern's "XTTSv2" provider sends the settings as strings once a slider has moved ("0.75", "50"):
-pydantic's lax mode turns numeric strings into numbers, as upstream's models do.
+SillyTavern's "XTTSv2" provider sends the settings as strings once a slider has moved ("0.75", "50"): plain decimal
+text is taken as the number (`TextValues`), as upstream's lax pydantic models do; "1_000" and `true` for a number
+are not.
 """
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from models.generation import TextValues, all_optional, option
 from models.inputs import Language, Text
 
 # Upstream's /languages: English name -> code, in its order (Chinese is "zh-cn").
@@ -18,32 +20,26 @@ LANGUAGE_NAMES = {
 }  # fmt: skip
 
 
-class TtsSettings(BaseModel):
-    """The server-wide generation settings its clients set (upstream's defaults)."""
+# Upstream's names, order and defaults; the rest of each setting (bounds, description) is models/generation.py's.
+class TtsSettings(TextValues):
+    """The server-wide generation settings its clients set, with upstream's defaults (chunks of up to 100 tokens
+    where coqui's are 20)."""
 
-    temperature: float = Field(0.75, gt=0, le=5)
-    speed: float = Field(1.0, ge=0.25, le=4.0)
-    length_penalty: float = Field(1.0, ge=-10, le=10, description="Kept and reported; XTTS streaming ignores it.")
-    repetition_penalty: float = Field(5.0, ge=1, le=50)
-    top_p: float = Field(0.85, gt=0, le=1)
-    top_k: int = Field(50, ge=0, le=1024, description="0 turns top-k off.")
-    enable_text_splitting: bool = True
-    stream_chunk_size: int = Field(100, ge=1, le=400, description="Largest streamed chunk, in GPT tokens.")
+    temperature: float = option("temperature")
+    speed: float = option("speed")
+    length_penalty: float = option("length_penalty", description="Kept and reported; XTTS streaming ignores it.")
+    repetition_penalty: float = option("repetition_penalty")
+    top_p: float = option("top_p")
+    top_k: int = option("top_k")
+    enable_text_splitting: bool = option("enable_text_splitting")
+    stream_chunk_size: int = option("stream_chunk_size", default=100)
 
 
-class TtsSettingsUpdate(BaseModel):
+# TtsSettings' fields, each optional (None: unchanged); mypy cannot follow a base class made at import time.
+class TtsSettingsUpdate(all_optional(TtsSettings, "TtsSettingsUpdate")):  # type: ignore[misc]
     """POST /set_tts_settings: upstream's clients send all eight fields; here any subset changes just those."""
 
     model_config = ConfigDict(extra="ignore")
-
-    temperature: float | None = Field(None, gt=0, le=5)
-    speed: float | None = Field(None, ge=0.25, le=4.0)
-    length_penalty: float | None = Field(None, ge=-10, le=10)
-    repetition_penalty: float | None = Field(None, ge=1, le=50)
-    top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=0, le=1024)
-    enable_text_splitting: bool | None = None
-    stream_chunk_size: int | None = Field(None, ge=1, le=400)
 
 
 class SynthesisRequest(BaseModel):

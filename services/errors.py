@@ -8,6 +8,21 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+ECHO_LIMIT = 100
+"""Characters of a client's value that an error repeats: a 1 MB field must not come back whole."""
+
+
+def clipped(text: str, limit: int = ECHO_LIMIT) -> str:
+    """`text` cut to `limit` characters, an ellipsis marking the cut."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def echoed(value: object) -> str:
+    """A client's value as an error message quotes it: its repr, cut to ECHO_LIMIT characters."""
+    if isinstance(value, str) and len(value) > ECHO_LIMIT:
+        return repr(value[:ECHO_LIMIT]) + "…"
+    return clipped(repr(value))
+
 
 class ServiceError(Exception):
     """Base of every error a client can cause or should hear about."""
@@ -93,6 +108,18 @@ class SessionConflict(ServiceError):
     code = "session_conflict"
 
 
+class UnsupportedData(ServiceError):
+    """A /v1/tts/ws client sent a frame the socket does not take (binary: it reads JSON text frames)."""
+
+    code = "unsupported_data"
+
+
+class IdleTimeout(ServiceError):
+    """A /v1/tts/ws socket sent nothing, and had nothing being spoken, for WS_IDLE_TIMEOUT."""
+
+    code = "idle_timeout"
+
+
 class VoiceUnreadable(ServiceError):
     """A file in VOICES_DIR is not a readable voice: the server's data, not the request, is bad."""
 
@@ -109,6 +136,13 @@ class Forbidden(ServiceError):
     """The caller is known but may not do this (an admin's action, or a write from a foreign web page)."""
 
     code = "forbidden"
+
+
+class HostNotAllowed(ServiceError):
+    """The request names a `Host` that is not one of the server's (ALLOWED_HOSTS): DNS rebinding, or a name
+    the server was not told about."""
+
+    code = "host_not_allowed"
 
 
 class RetryLater(ServiceError):

@@ -18,6 +18,9 @@ from services.errors import SessionConflict, SessionNotFound
 
 logger = logging.getLogger("xtts_server.requests")
 
+SHUTTING_DOWN = "server shutting down"
+"""The cancel reason of every stream that a shutdown cut off (HTTP or socket): its session's recorded error."""
+
 
 def log_session(session: StreamSession) -> None:
     """One line per request: who, what, how fast, how it ended."""

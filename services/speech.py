@@ -7,11 +7,10 @@ import time
 from dataclasses import dataclass, field
 
 from services.admission import AdmissionGate
-from services.engine.params import SamplingSettings
 from services.engine.latents import LatentValues, VoiceLatents
-from services.engine.params import ChunkSchedule, GenerationParams
+from services.engine.params import ChunkSchedule, GenerationParams, SamplingSettings
 from services.engine.protocol import Engine
-from services.errors import InvalidInput, UnsupportedLanguage
+from services.errors import InvalidInput, UnsupportedLanguage, echoed
 from services.peers import SessionDirectory
 from services.sessions import SessionRegistry, StreamSession, new_session_id
 from services.speech_stream import SpeechStream
@@ -28,16 +27,19 @@ class GivenLatents:
 
 @dataclass(frozen=True)
 class SpeechOptions:
-    """How to speak; the defaults are XTTS v2's published config."""
+    """How to speak: the settings of the API's GenerationOptions (models/generation.py), field for field, with the
+    engine's defaults (coqui's); `generation_params` turns them into the engine's settings."""
 
-    temperature: float = 0.75
-    top_p: float = 0.85
-    top_k: int = 50
-    repetition_penalty: float = 5.0
-    speed: float = 1.0
-    stream_chunk_size: int = 20
+    temperature: float = SamplingSettings.temperature
+    top_p: float = SamplingSettings.top_p
+    top_k: int = SamplingSettings.top_k
+    repetition_penalty: float = SamplingSettings.repetition_penalty
+    speed: float = GenerationParams.speed
+    stream_chunk_size: int = ChunkSchedule.max_tokens
     enable_text_splitting: bool = True
+    """Split the text into sentences (the engine's `plan`); not a generation parameter."""
     seed: int | None = None
+    """None: a random one, reported with the stream."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,7 @@ class SpeechService:
         latents_s = time.perf_counter() - started
         sentences = await self.engine.plan(job.text, job.language, job.options.enable_text_splitting)
         seed = job.options.seed if job.options.seed is not None else secrets.randbits(63)
-        params = self._params(job.options, seed)
+        params = generation_params(job.options, seed, self.limits)
         session = StreamSession(
             id=job.session_id or new_session_id(),
             voice=voice_name,
@@ -129,7 +131,7 @@ class SpeechService:
     def _check_language(self, language: str) -> None:
         if language not in self.engine.languages:
             raise UnsupportedLanguage(
-                f"this model does not speak {language!r}; it speaks {', '.join(self.engine.languages)}"
+                f"this model does not speak {echoed(language)}; it speaks {', '.join(self.engine.languages)}"
             )
 
     async def _voice(self, voice: str | GivenLatents) -> tuple[VoiceLatents, str]:
@@ -137,19 +139,22 @@ class SpeechService:
             return await self.voices.resolve(voice), voice
         return self.engine.normalize_latents(voice.gpt_cond_latent, voice.speaker_embedding), "(latents)"
 
-    def _params(self, options: SpeechOptions, seed: int) -> GenerationParams:
-        return GenerationParams(
-            sampling=SamplingSettings(
-                temperature=options.temperature,
-                top_p=options.top_p,
-                top_k=options.top_k,
-                repetition_penalty=options.repetition_penalty,
-                max_new_tokens=self.limits.max_audio_tokens,
-            ),
-            speed=options.speed,
-            schedule=ChunkSchedule(
-                first_tokens=min(self.limits.first_chunk_tokens, options.stream_chunk_size),
-                max_tokens=options.stream_chunk_size,
-            ),
-            seed=seed,
-        )
+
+def generation_params(options: SpeechOptions, seed: int, limits: SpeechLimits) -> GenerationParams:
+    """The engine's settings for a job's options and seed: the one conversion from the API's settings to the
+    engine's (all but `enable_text_splitting`, which goes to the engine's `plan`)."""
+    return GenerationParams(
+        sampling=SamplingSettings(
+            temperature=options.temperature,
+            top_p=options.top_p,
+            top_k=options.top_k,
+            repetition_penalty=options.repetition_penalty,
+            max_new_tokens=limits.max_audio_tokens,
+        ),
+        speed=options.speed,
+        schedule=ChunkSchedule(
+            first_tokens=min(limits.first_chunk_tokens, options.stream_chunk_size),
+            max_tokens=options.stream_chunk_size,
+        ),
+        seed=seed,
+    )

@@ -31,8 +31,10 @@ from fastapi.testclient import TestClient
 from config import Settings
 from main import create_app
 from services.engine.model_loader import LoadedModel, ModelChoice, load_model
+from services.engine.protocol import Engine
 from services.engine.tts import TTSEngine
 from tests.fakes import FakeEngine
+from tests.layers import require_layer
 
 REPO = Path(__file__).resolve().parent.parent
 BUILTIN_SPEAKER = "Dummy Alto"
@@ -41,6 +43,7 @@ START_TIMEOUT_S = 180
 
 @pytest.fixture(scope="session")
 def tiny_loaded() -> LoadedModel:
+    require_layer("engine", "the tiny model")
     return load_model(ModelChoice(dummy="tiny", num_threads=2))
 
 
@@ -51,9 +54,18 @@ def tiny_engine(tiny_loaded: LoadedModel) -> Iterator[TTSEngine]:
     engine.shutdown()
 
 
+# The Host Starlette's TestClient sends. Only this name is added: the loopback names and HOST are allowed by
+# default, so live servers on 127.0.0.1 run with the real ALLOWED_HOSTS default (and attacker names stay out).
+TEST_CLIENT_HOST = "testserver"
+
+
 def app_settings(tmp_path: Path, **overrides: Any) -> Settings:
-    """Settings for an in-process app: nothing read from the environment or a .env file."""
-    values: dict[str, Any] = {"VOICES_DIR": tmp_path / "voices", "NUM_THREADS": 1, "SHUTDOWN_TIMEOUT": 5, **overrides}
+    """Settings for an in-process app: nothing read from the environment or a .env file. A test that sets
+    ALLOWED_HOSTS and talks through the TestClient lists `testserver` in it."""
+    values: dict[str, Any] = {
+        "VOICES_DIR": tmp_path / "voices", "NUM_THREADS": 1, "SHUTDOWN_TIMEOUT": 5, "ALLOWED_HOSTS": TEST_CLIENT_HOST,
+        **overrides,
+    }  # fmt: skip
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
@@ -67,9 +79,10 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 30, what: str = "
 
 
 @contextmanager
-def app_client(engine: TTSEngine | FakeEngine, settings: Settings) -> Iterator[TestClient]:
+def app_client(engine: Engine, settings: Settings) -> Iterator[TestClient]:
     """The app in-process, ready; server errors come back as responses (never raised into the test)."""
-    with TestClient(create_app(settings, engine=engine), raise_server_exceptions=False) as client:  # type: ignore[arg-type]
+    require_layer("app", "the app in-process")
+    with TestClient(create_app(settings, engine=engine), raise_server_exceptions=False) as client:
         wait_for(lambda: client.get("/ready").status_code == 200, what="in-process app ready")
         yield client
 
@@ -79,7 +92,7 @@ class LiveServer:
     """A uvicorn serving the app on 127.0.0.1 from a thread of the test process."""
 
     url: str
-    engine: TTSEngine | FakeEngine
+    engine: Engine
     server: uvicorn.Server
 
     def client(self, **kwargs: Any) -> httpx.Client:
@@ -87,14 +100,17 @@ class LiveServer:
 
 
 @contextmanager
-def live_server(engine: TTSEngine | FakeEngine, settings: Settings, wait_ready: bool = True) -> Iterator[LiveServer]:
+def live_server(
+    engine: Engine, settings: Settings, wait_ready: bool = True, host: str = "127.0.0.1"
+) -> Iterator[LiveServer]:
+    require_layer("live", "a real uvicorn")
     port = free_port()
-    app = create_app(settings, engine=engine, request_exit=lambda: None)  # type: ignore[arg-type]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", http="h11"))
+    app = create_app(settings, engine=engine, request_exit=lambda: None)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", http="h11"))
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
     wait_for(lambda: server.started, what="uvicorn start")
-    live = LiveServer(f"http://127.0.0.1:{port}", engine, server)
+    live = LiveServer(f"http://{f'[{host}]' if ':' in host else host}:{port}", engine, server)
     if wait_ready:
         wait_for(lambda: httpx.get(f"{live.url}/ready").status_code == 200, what="live server ready")
     try:
@@ -137,6 +153,7 @@ class Server:
 
 
 def start_server(tmp_path: Path, wait_ready: bool = True, **env_overrides: str) -> Server:
+    require_layer("live", "a server process (python run.py)")
     port = free_port()
     env = {
         **os.environ,

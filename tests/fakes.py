@@ -128,6 +128,7 @@ class FakeEngine:
         clone_delay_s: float = 0.0,
         fail_row_seed: int | None = None,
         fail_row_at_chunk: int = 1,
+        hold_warm_up: threading.Event | None = None,
     ) -> None:
         self.chunks_per_sentence = chunks_per_sentence
         self.chunk_seconds = chunk_seconds
@@ -138,6 +139,8 @@ class FakeEngine:
         self.fail_row_seed = fail_row_seed
         """The stream with this seed fails alone (as a row whose numbers went bad) at its fail_row_at_chunk-th chunk."""
         self.fail_row_at_chunk = fail_row_at_chunk
+        self.hold_warm_up = hold_warm_up
+        """When given, the warm-up lasts until it is set (a test looks at the server while it loads)."""
         self.clones_finished = 0
         self.chunks_made = 0
         self.batches: list[list[int | None]] = []
@@ -181,6 +184,8 @@ class FakeEngine:
         return fake_latents(int.from_bytes(digest[:4], "little"))
 
     def warm_up(self) -> float:
+        if self.hold_warm_up is not None:
+            self.hold_warm_up.wait(60)
         time.sleep(self.warm_up_s)
         return self.warm_up_s
 

@@ -15,6 +15,7 @@ WIRE_CODES = {
     errors.InvalidInput: ("invalid_input", 400),
     errors.UnsupportedLanguage: ("unsupported_language", 400),
     errors.InvalidAudio: ("invalid_audio", 400),
+    errors.HostNotAllowed: ("host_not_allowed", 400),
     errors.Unauthorized: ("unauthorized", 401),
     errors.Forbidden: ("forbidden", 403),
     errors.VoiceNotFound: ("voice_not_found", 404),
@@ -29,6 +30,8 @@ WIRE_CODES = {
     errors.Overloaded: ("overloaded", 429),
     errors.VoiceUnreadable: ("voice_unreadable", 500),
     errors.NotReady: ("not_ready", 503),
+    errors.IdleTimeout: ("idle_timeout", 408),
+    errors.UnsupportedData: ("unsupported_data", 415),
 }
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from fastapi.testclient import TestClient
 
-from services.engine.latents import MAX_COND_LATENT_FRAMES, normalize_latents
-from services.errors import InvalidLatents
+from services.engine.latents import MAX_COND_LATENT_FRAMES, MAX_LATENT_MAGNITUDE, VoiceLatents, normalize_latents
+from services.errors import InvalidLatents, ServiceError
+from services.voice_store import VoiceStore
 
 RNG = np.random.default_rng(0)
 COND = RNG.standard_normal((32, 1024)).astype(np.float32)
@@ -67,3 +71,37 @@ def test_unusable_latents_are_refused_saying_what_was_expected(cond: object, emb
     with pytest.raises(InvalidLatents) as refused:
         normalize_latents(cond, embedding, 1024, 512)  # type: ignore[arg-type]
     assert needle in refused.value.message
+
+
+@pytest.mark.parametrize(
+    ("cond", "embedding", "field"),
+    [(COND * 1e20, EMBEDDING, "gpt_cond_latent"), (COND, EMBEDDING * 1e4, "speaker_embedding")],
+    ids=["cond", "embedding"],
+)
+def test_absurd_but_finite_latents_are_refused_naming_the_field(cond: object, embedding: object, field: str) -> None:
+    """Finite values far beyond any real latents pass a NaN check yet drive the model to infinities."""
+    with pytest.raises(InvalidLatents) as refused:
+        normalize_latents(cond, embedding, 1024, 512)  # type: ignore[arg-type]
+    assert refused.value.details["field"] == field and f"±{MAX_LATENT_MAGNITUDE:g}" in refused.value.message
+    edge = np.full((32, 1024), MAX_LATENT_MAGNITUDE, dtype=np.float32)
+    assert normalize_latents(edge, EMBEDDING, 1024, 512).gpt_cond_latent.abs().max() == MAX_LATENT_MAGNITUDE
+
+
+def test_poisoned_latents_get_a_422_before_any_audio_and_are_not_saved(fake_client: TestClient) -> None:
+    poisoned = {"gpt_cond_latent": (COND * 1e20).tolist(), "speaker_embedding": EMBEDDING.tolist()}
+    speech = fake_client.post("/tts_stream", json={"text": "Hello.", "language": "en", **poisoned})
+    assert speech.status_code == 422 and speech.json()["error"] == "invalid_latents"
+    assert speech.json()["details"]["field"] == "gpt_cond_latent"
+    saved = fake_client.post("/save_voice/poisoned", json=poisoned)
+    assert saved.status_code == 422 and saved.json()["error"] == "invalid_latents"
+    assert "poisoned" not in {voice["voice_id"] for voice in fake_client.get("/saved_voices").json()}
+
+
+def test_a_stored_voice_with_absurd_latents_is_refused_when_loaded(tmp_path: Path) -> None:
+    """A file planted in (or corrupted on) the voices folder is checked as a request is."""
+    store = VoiceStore(tmp_path, 1024, 512)
+    planted = VoiceLatents(torch.from_numpy(COND * 1e20)[None], torch.from_numpy(EMBEDDING).reshape(1, 512, 1))
+    store.save("planted", planted, "planted", "", overwrite=False)
+    with pytest.raises(ServiceError) as refused:
+        store.load("planted")
+    assert "±1000" in refused.value.message

@@ -99,3 +99,15 @@ def test_only_cluster_imports_ray() -> None:
             if any(name.split(".")[0] in {"ray", "cluster"} for name in names):
                 importers.append(str(path.relative_to(REPO)))
     assert importers == []
+
+
+def test_every_middleware_lives_in_api_middleware() -> None:
+    """One folder holds the middleware, one module each; main.create_app adds them in the documented order."""
+    misplaced = [
+        f"{path.relative_to(REPO)}: {node.name}"
+        for path in [*sources(), REPO / "main.py"]
+        if not path.is_relative_to(REPO / "api" / "middleware")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ClassDef) and node.name.endswith("Middleware")
+    ]
+    assert misplaced == []

@@ -264,7 +264,8 @@ def test_a_clone_whose_client_leaves_stops_and_frees_its_slot(one_slot: LiveServ
     host, port = one_slot.url.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)))
     sock.sendall(
-        f"POST /clone_speaker HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"POST /clone_speaker HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
         f"Content-Length: {len(body)}\r\n\r\n".encode()
         + body
     )

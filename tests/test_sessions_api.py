@@ -252,7 +252,8 @@ def test_overload_response_is_json_with_retry_after(single_slot: LiveServer) -> 
 
 
 def test_readiness_is_503_while_loading_then_200(tmp_path: Path) -> None:
-    engine = FakeEngine(warm_up_s=1.0)
+    loaded = threading.Event()
+    engine = FakeEngine(hold_warm_up=loaded)
     with live_server(engine, app_settings(tmp_path), wait_ready=False) as loading:
         ready = httpx.get(f"{loading.url}/ready")
         assert (ready.status_code, ready.json()["status"]) == (503, "loading")
@@ -261,6 +262,7 @@ def test_readiness_is_503_while_loading_then_200(tmp_path: Path) -> None:
         assert early.status_code == 503 and early.json()["error"] == "not_ready"
         assert int(early.headers["retry-after"]) >= 1
         assert engine.jobs_submitted == 0
+        loaded.set()
         wait_for(lambda: httpx.get(f"{loading.url}/ready").status_code == 200, what="ready")
         assert httpx.get(f"{loading.url}/ready").json() == {"ready": True, "status": "ready"}
         assert httpx.post(f"{loading.url}/tts_stream", json=speech("Now.")).status_code == 200

@@ -1,5 +1,7 @@
 """Who is calling: API keys (API_KEYS, API_KEYS_FILE, ADMIN_API_KEYS), checked before any route runs.
 
+Routes read the caller it sets through `api.deps.CallerDep`.
+
 Keys come as `Authorization: Bearer <key>` (what OpenAI's clients send) or `X-API-Key: <key>`. They are
 compared in constant time, and only a key's id (a hash prefix) is ever kept, shown or logged: it names
 the owner of the sessions a key starts.

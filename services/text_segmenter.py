@@ -4,12 +4,14 @@ The cuts are coqui's: its spaCy sentencizer decides where sentences end, as `spl
 whole text. A sentence is complete once text follows it, or once it ends with sentence-final punctuation
 (so the first sentence can be spoken while the next is still being written). Text with no punctuation is
 cut anyway after `max_wait_s` without a new sentence, or at a word boundary once it reaches `max_chars`.
+Time is read from `clock` (monotonic seconds), so tests can drive it.
 """
 
 from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 
 from services.engine.languages import tokenizer_language
 from services.engine.text import sentencizer
@@ -21,26 +23,28 @@ _FINAL = re.compile(r"[.!?…。！？｡।؟]+[\"'”’»)\]」』]*\s*$")  #
 class TextSegmenter:
     """Accumulates one context's text; `push`, `due` and `flush` hand out its complete sentences in order."""
 
-    def __init__(self, language: str, max_chars: int, max_wait_s: float) -> None:
+    def __init__(
+        self, language: str, max_chars: int, max_wait_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.language = tokenizer_language(language)
         self.max_chars = max_chars
         self.max_wait_s = max_wait_s
+        self.clock = clock
         self.buffer = ""
         self._waiting_since: float | None = None
 
-    def push(self, text: str, now: float | None = None) -> list[str]:
+    def push(self, text: str) -> list[str]:
         """Add text; return the sentences it completed."""
         if not text:
             return []
         if not self.buffer.strip():
-            self._waiting_since = time.monotonic() if now is None else now
+            self._waiting_since = self.clock()
         self.buffer += text
         return self._complete(final=False)
 
-    def due(self, now: float | None = None) -> list[str]:
+    def due(self) -> list[str]:
         """Everything buffered, if it has waited longer than max_wait_s (text without punctuation)."""
-        now = time.monotonic() if now is None else now
-        if self._waiting_since is not None and now - self._waiting_since >= self.max_wait_s:
+        if self._waiting_since is not None and self.clock() - self._waiting_since >= self.max_wait_s:
             return self.flush()
         return []
 
@@ -70,7 +74,7 @@ class TextSegmenter:
         if not keep.strip():
             self._waiting_since = None
         elif ready:  # the rest starts waiting now
-            self._waiting_since = time.monotonic()
+            self._waiting_since = self.clock()
         return ready
 
     def _tail(self, sentence: str) -> str:

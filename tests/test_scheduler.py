@@ -1,0 +1,166 @@
+"""The batch scheduler carrying out the policy, on the fake decoder: batch size, newcomers first, backpressure,
+cancels and a failed row (no model: each step is a few milliseconds of seeded noise)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+
+from services.engine.params import GenerationParams
+from services.engine.plan import BatchLimits
+from services.engine.synthesis_stream import SynthesisStream
+from services.errors import InvalidLatents
+from tests.fakes import FakeEngine
+
+
+async def fake_stream(engine: FakeEngine, text: str, seed: int) -> tuple[SynthesisStream, threading.Event]:
+    cancel = threading.Event()
+    sentences = await engine.plan(text, "en", True)
+    params = GenerationParams(seed=seed)
+    return engine.synthesize(sentences, engine.builtin_speakers["Dummy Alto"], params, cancel), cancel
+
+
+def test_max_batch_size_bounds_the_batch_and_a_waiting_stream_joins_when_one_leaves() -> None:
+    limits = BatchLimits(max_batch_size=2, first_chunk_priority_steps=0)
+    engine = FakeEngine(chunks_per_sentence=5, chunk_delay_s=0.002, limits=limits)
+
+    async def run() -> list[int]:
+        streams = [(await fake_stream(engine, "One sentence.", seed))[0] for seed in range(3)]
+
+        async def read(stream: SynthesisStream) -> int:
+            return len([chunk async for chunk in stream])
+
+        counts = await asyncio.gather(*(read(stream) for stream in streams))
+        assert all(stream.complete for stream in streams)
+        return list(counts)
+
+    try:
+        assert asyncio.run(run()) == [5, 5, 5]
+        assert engine.scheduler.peak_batch == 2
+        assert engine.scheduler.steps == 10  # two together for 5 steps, then the third alone for 5
+    finally:
+        engine.shutdown()
+
+
+def test_a_newcomer_steps_alone_until_its_first_chunk() -> None:
+    engine = FakeEngine(chunks_per_sentence=30, chunk_delay_s=0.002)
+
+    async def run() -> None:
+        running, _ = await fake_stream(engine, "A long sentence already playing.", seed=1)
+        chunks = aiter(running)
+        for _ in range(5):
+            await anext(chunks)
+        newcomer, _ = await fake_stream(engine, "A newcomer.", seed=2)
+        await asyncio.gather(consume(chunks), consume(aiter(newcomer)))
+
+    async def consume(chunks: AsyncIterator[bytes]) -> None:
+        async for _ in chunks:
+            pass
+
+    try:
+        asyncio.run(run())
+        joined = next(index for index, batch in enumerate(engine.batches) if 2 in batch)
+        assert engine.batches[joined] == [2], "the newcomer's first step was not its own"
+        assert engine.batches[joined + 1] == [1, 2], "after its first chunk it did not join the batch"
+    finally:
+        engine.shutdown()
+
+
+def test_a_slow_reader_pauses_only_its_own_stream_and_resumes() -> None:
+    engine = FakeEngine(chunks_per_sentence=60, chunk_seconds=0.1, limits=BatchLimits(buffer_seconds=1.0))
+
+    async def run() -> None:
+        slow, _ = await fake_stream(engine, "A long sentence read slowly.", seed=1)
+        fast, _ = await fake_stream(engine, "A long sentence read at once.", seed=2)
+        slow_chunks = aiter(slow)
+        first = [await anext(slow_chunks)]
+        fast_chunks = [chunk async for chunk in fast]  # the other stream goes on meanwhile
+        assert len(fast_chunks) == 60 and fast.complete
+        # made ahead of its reader: up to the limit, plus the chunk that crossed it
+        assert 1.0 <= slow.buffered_seconds <= 1.1 + 1e-9
+        rest = [chunk async for chunk in slow_chunks]  # reading again resumes it
+        assert len(first + rest) == 60 and slow.complete
+
+    try:
+        asyncio.run(run())
+    finally:
+        engine.shutdown()
+
+
+def test_cancelling_a_paused_stream_frees_it() -> None:
+    engine = FakeEngine(chunks_per_sentence=60, chunk_seconds=0.1, limits=BatchLimits(buffer_seconds=0.5))
+
+    async def run() -> None:
+        stream, cancel = await fake_stream(engine, "Nobody reads this.", seed=1)
+        chunks = aiter(stream)
+        await anext(chunks)
+        for _ in range(100):  # until it has paused
+            await asyncio.sleep(0.01)
+            if stream.buffered_seconds >= 0.5:
+                break
+        await asyncio.sleep(0.05)
+        assert engine.scheduler.running == 1 and stream.buffered_seconds <= 0.6 + 1e-9
+        cancel.set()
+        await asyncio.wait_for(stream.wait_idle(), 5)
+        assert engine.scheduler.running == 0
+
+    try:
+        asyncio.run(run())
+    finally:
+        engine.shutdown()
+
+
+def test_a_cancelled_stream_takes_at_most_one_more_step() -> None:
+    engine = FakeEngine(chunks_per_sentence=200, chunk_delay_s=0.005)
+
+    async def run() -> int:
+        stream, cancel = await fake_stream(engine, "A long sentence cut short.", seed=1)
+        chunks = aiter(stream)
+        for _ in range(3):
+            await anext(chunks)
+        steps_at_cancel = len(engine.batches)
+        cancel.set()
+        await asyncio.wait_for(stream.wait_idle(), 5)
+        return sum(1 in batch for batch in engine.batches[steps_at_cancel:])
+
+    try:
+        assert asyncio.run(run()) <= 1
+        assert engine.scheduler.running == 0
+    finally:
+        engine.shutdown()
+
+
+def test_a_failed_row_leaves_and_the_others_step_on() -> None:
+    """The scheduler's part of batch isolation: a row the decoder reports failed ends that stream with its
+    error; the streams beside it get every chunk, the same as without it."""
+    engine = FakeEngine(chunks_per_sentence=6, chunk_delay_s=0.002, fail_row_seed=2, fail_row_at_chunk=3)
+
+    async def run() -> tuple[list[list[bytes]], BaseException | None]:
+        streams = [(await fake_stream(engine, "One sentence.", seed))[0] for seed in (1, 2, 3)]
+
+        async def read(stream: SynthesisStream) -> list[bytes] | BaseException:
+            try:
+                return [chunk async for chunk in stream]
+            except InvalidLatents as error:
+                return error
+
+        results = await asyncio.gather(*(read(stream) for stream in streams))
+        failure = results.pop(1)
+        assert isinstance(failure, BaseException)
+        return [result for result in results if isinstance(result, list)], failure
+
+    alone = FakeEngine(chunks_per_sentence=6)
+
+    async def solo(seed: int) -> list[bytes]:
+        stream, _ = await fake_stream(alone, "One sentence.", seed)
+        return [chunk async for chunk in stream]
+
+    try:
+        others, failure = asyncio.run(run())
+        assert isinstance(failure, InvalidLatents)
+        assert others == [asyncio.run(solo(1)), asyncio.run(solo(3))]
+        assert engine.scheduler.running == 0
+    finally:
+        engine.shutdown()
+        alone.shutdown()
