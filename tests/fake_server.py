@@ -18,7 +18,7 @@ def main() -> int:
         chunk_delay_s=float(os.environ.get("FAKE_CHUNK_DELAY_S", "0")),
     )
     try:
-        return serve(Settings(), engine=engine)  # type: ignore[arg-type]
+        return serve(Settings(), engine=engine)
     finally:
         engine.shutdown()
 

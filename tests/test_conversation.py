@@ -74,9 +74,9 @@ class Harness:
         self.gate = AdmissionGate(slots, 8, queue_timeout_s=5)
         self.finished: list[StreamSession] = []
         self.sessions = SessionRegistry(100, 60, on_finish=[self.finished.append])
-        voices = VoiceService(self.engine, VoiceStore(tmp_path, 1024, 512), SpeakerCache(10, 60))  # type: ignore[arg-type]
+        voices = VoiceService(self.engine, VoiceStore(tmp_path, 1024, 512), SpeakerCache(10, 60))
         limits = SpeechLimits(max_text_length=500, first_chunk_tokens=1)
-        self.speech = SpeechService(self.engine, voices, self.sessions, self.gate, limits)  # type: ignore[arg-type]
+        self.speech = SpeechService(self.engine, voices, self.sessions, self.gate, limits)
         self.client = Client()
         self.clock = Clock()
         self.conversation = Conversation(

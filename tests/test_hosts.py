@@ -166,7 +166,7 @@ def test_the_bind_address_is_allowed_and_every_interface_says_what_to_set(
     assert everywhere.allowed_hosts == ["localhost", "127.0.0.1", "::1"]
     from main import create_app
 
-    create_app(everywhere, engine=FakeEngine())  # type: ignore[arg-type]
+    create_app(everywhere, engine=FakeEngine())
     assert "set ALLOWED_HOSTS to the names and addresses clients reach this server by" in caplog.text
 
 

@@ -289,7 +289,7 @@ def test_listening_beyond_loopback_without_keys_is_warned_about(
 ) -> None:
     from main import create_app
 
-    create_app(app_settings(tmp_path, HOST=host, API_KEYS=keys), engine=FakeEngine())  # type: ignore[arg-type]
+    create_app(app_settings(tmp_path, HOST=host, API_KEYS=keys), engine=FakeEngine())
     assert ("with no API keys" in caplog.text) is warned
 
 

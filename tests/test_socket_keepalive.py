@@ -43,7 +43,7 @@ class RunServer:
 @contextmanager
 def run_server(engine: FakeEngine, settings: Settings) -> Iterator[RunServer]:
     """The app served by uvicorn with run.py's options, from a thread of this process."""
-    app = create_app(settings, engine=engine, request_exit=lambda: None)  # type: ignore[arg-type]
+    app = create_app(settings, engine=engine, request_exit=lambda: None)
     server = uvicorn.Server(server_config(app, settings))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -66,7 +66,7 @@ def keepalive_settings(tmp_path: Path, **overrides: Any) -> Settings:
 
 def test_the_server_configures_its_keepalive_and_websocket_protocol_from_the_settings(tmp_path: Path) -> None:
     settings = keepalive_settings(tmp_path, SHUTDOWN_TIMEOUT=2.5)
-    config = server_config(create_app(settings, engine=FakeEngine()), settings)  # type: ignore[arg-type]
+    config = server_config(create_app(settings, engine=FakeEngine()), settings)
     assert (config.ws_ping_interval, config.ws_ping_timeout) == (PING_INTERVAL_S, PING_TIMEOUT_S)
     assert config.ws is PatientWebSocketProtocol and config.timeout_graceful_shutdown == 3
 

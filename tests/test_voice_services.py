@@ -116,7 +116,7 @@ def test_store_refuses_ids_before_building_a_path(tmp_path: Path, voice_id: str)
 def test_saved_voice_shadows_a_builtin_of_the_same_name_until_deleted(tmp_path: Path) -> None:
     engine = FakeEngine()
     builtin = engine.builtin_speakers["narrator"]
-    service = VoiceService(engine, VoiceStore(tmp_path, 1024, 512), SpeakerCache(10, 60))  # type: ignore[arg-type]
+    service = VoiceService(engine, VoiceStore(tmp_path, 1024, 512), SpeakerCache(10, 60))
 
     async def main() -> None:
         assert await service.resolve("narrator") is builtin
@@ -141,7 +141,7 @@ def test_concurrent_resolves_of_a_saved_voice_load_it_once(tmp_path: Path) -> No
         return original_load(voice_id)
 
     store.load = counting_load  # type: ignore[method-assign]
-    service = VoiceService(FakeEngine(), store, SpeakerCache(10, 60))  # type: ignore[arg-type]
+    service = VoiceService(FakeEngine(), store, SpeakerCache(10, 60))
 
     async def main() -> None:
         await service.save("saved-one", latents(5), "Saved", "", overwrite=False)
@@ -160,7 +160,7 @@ def test_concurrent_resolves_of_a_saved_voice_load_it_once(tmp_path: Path) -> No
 def test_a_folder_shared_with_another_process_is_never_served_stale(tmp_path: Path) -> None:
     """Replicas (or any two servers) sharing VOICES_DIR: a voice saved, overwritten or deleted by one is what the
     other serves on its next request, though the other has it cached."""
-    here = VoiceService(FakeEngine(), VoiceStore(tmp_path, 1024, 512), SpeakerCache(10, 60))  # type: ignore[arg-type]
+    here = VoiceService(FakeEngine(), VoiceStore(tmp_path, 1024, 512), SpeakerCache(10, 60))
     elsewhere = VoiceStore(tmp_path, 1024, 512)  # the other process's view of the same folder
     first, second = fake_latents(1), fake_latents(2)
     elsewhere.save("shared", first, "Shared", "", overwrite=False)
