@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Protocol
 
 import anyio
 from fastapi.responses import Response
@@ -13,41 +12,16 @@ from starlette.types import Receive, Scope, Send
 
 from api.disconnect import client_gone
 from services.speech_stream import SpeechStream
+from services.stream_encoding import StreamEncoder, encode_chunk
 
 logger = logging.getLogger(__name__)
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-class StreamEncoder(Protocol):
-    """Turns a stream's PCM into the bytes on the wire (an AudioEncoder, or a wrapper around one)."""
-
-    media_type: str
-
-    @property
-    def needs_thread(self) -> bool: ...
-
-    def start(self) -> bytes: ...
-
-    def encode(self, pcm: bytes) -> bytes: ...
-
-    def finish(self) -> bytes: ...
-
-
 def stream_headers(stream: SpeechStream, sample_rate: int) -> dict[str, str]:
     """What every speech response says about its stream."""
     return {"X-Session-ID": stream.session.id, "X-Seed": str(stream.seed), "X-Sample-Rate": str(sample_rate)}
-
-
-async def encode_chunk(encoder: StreamEncoder, stream: SpeechStream, work: Callable[..., bytes], *args: bytes) -> bytes:
-    """`work(*args)` of `encoder`: FFmpeg encoders do real work, so off the event loop (not on the model
-    thread either), timed as the stream's `encode` stage; plain PCM and WAV inline."""
-    if not encoder.needs_thread:
-        return work(*args)
-    started = time.perf_counter()
-    encoded = await anyio.to_thread.run_sync(work, *args)
-    stream.add_timing("encode", time.perf_counter() - started)
-    return encoded
 
 
 class AudioStreamResponse(Response):

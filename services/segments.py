@@ -11,14 +11,13 @@ from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
-import anyio
-
 from services.encoders import AudioEncoder
 from services.engine.pcm import pcm_seconds
 from services.errors import ServiceError
 from services.formats import OutputFormat
 from services.speech import SpeechJob, SpeechService
 from services.speech_stream import SpeechStream
+from services.stream_encoding import encode_chunk
 from services.text_segmenter import TextSegmenter
 
 Event = dict[str, object]
@@ -140,9 +139,9 @@ async def play(segment: Segment, send: Send, output_format: OutputFormat, sample
                 if turn.cleared:
                     break
                 turn.audio_seconds += pcm_seconds(len(pcm))
-                await _send_audio(send, stream, await _encoded(stream, encoder, encoder.encode, pcm))
+                await _send_audio(send, stream, await encode_chunk(encoder, stream, encoder.encode, pcm))
             if stream.complete and not turn.cleared:
-                await _send_audio(send, stream, await _encoded(stream, encoder, encoder.finish))
+                await _send_audio(send, stream, await encode_chunk(encoder, stream, encoder.finish))
         except ClientGone:
             stream.cancel(CLIENT_GONE)  # a cancel, not a failure of the stream
             raise
@@ -160,13 +159,3 @@ async def _send_audio(send: Send, stream: SpeechStream, data: bytes) -> None:
         await send(data)
         stream.count_sent(len(data))
         stream.add_timing("send", time.perf_counter() - started)
-
-
-async def _encoded(stream: SpeechStream, encoder: AudioEncoder, work: Callable[..., bytes], *args: bytes) -> bytes:
-    """FFmpeg encoders and resampling do real work: off the event loop, timed as the stream's `encode` stage."""
-    if not encoder.needs_thread:
-        return work(*args)
-    started = time.perf_counter()
-    encoded = await anyio.to_thread.run_sync(work, *args)
-    stream.add_timing("encode", time.perf_counter() - started)
-    return encoded
