@@ -9,13 +9,11 @@
 
 `make test-fast` runs unit, engine and app; `make test` runs all (what CI runs).
 
-A test's layer is its own marker if it has one, else the heaviest of what it and its fixtures start: the
-fixtures named in FIXTURE_LAYER, and what their code or the test's own code calls (`live_server(`,
-`start_server(` -> live, `app_client(`, `TestClient(` -> app, `load_model(` -> engine), else its module's
-default. The heavy things check
-the layer of the test that uses them (`require_layer`, called by `live_server`, `start_server`,
-`app_client` and the tiny model's loader): a test marked lighter than what it starts fails at once,
-so `-m "not live"` really runs nothing that starts a server.
+A test's layer is its own marker if it has one, else the heaviest of what it and its fixtures start, read
+from their code (`live_server(`, `start_server(` -> live; `app_client(`, `TestClient(` -> app; `load_model(`
+-> engine), else its module's default. The heavy things check the layer of the test that uses them
+(`require_layer`, called by `live_server`, `start_server`, `app_client` and the tiny model's loader): a test
+marked lighter than what it starts fails at once, so `-m "not live"` really runs nothing that starts a server.
 """
 
 from __future__ import annotations
@@ -29,14 +27,6 @@ import pytest
 LAYERS = ("unit", "engine", "app", "live", "cluster", "browser")
 FAST_LAYERS = ("unit", "engine", "app")
 
-FIXTURE_LAYER = {
-    "tiny_loaded": "engine",
-    "tiny_engine": "engine",
-    "fake_client": "app",
-    "tiny_client": "app",
-    "server": "live",
-    "client": "live",
-}
 MODULE_LAYER = {
     "test_cluster": "cluster",
     "test_cluster_config": "cluster",
@@ -76,9 +66,10 @@ def layer_of(item: pytest.Item) -> str:
     if marked:
         return marked[0]
     names = getattr(item, "fixturenames", ())
-    implied = [FIXTURE_LAYER[name] for name in names if name in FIXTURE_LAYER]
+    implied: list[str] = []
     definitions = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
-    implied += [_layer_of_code(definition.func) for name in names for definition in definitions.get(name, ())]
+    # the definition that applies is the last (a module's fixture overrides conftest's of the same name)
+    implied += [_layer_of_code(definitions[name][-1].func) for name in names if definitions.get(name)]
     if isinstance(item, pytest.Function):
         implied.append(_layer_of_code(item.function))
     module = item.module.__name__.rsplit(".", 1)[-1] if getattr(item, "module", None) else ""

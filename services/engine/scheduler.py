@@ -144,7 +144,7 @@ class BatchScheduler:
         stepping = [stream for stream in decision.step if stream in self._running]  # a failed prefill left
         if stepping:
             self._decode(stepping)
-        return bool(decision.step)
+        return not decision.idle
 
     def _view(self, stream: EngineStream, facts: _Scheduled) -> StreamView[EngineStream]:
         channel = stream.channel
