@@ -71,8 +71,8 @@ class Settings(BaseSettings):
     """Run on the CPU even when a GPU is present."""
     DUMMY_MODEL: Literal["tiny", "full"] | None = None
     """Random-weight XTTS for tests (tiny) or benchmarks (full): it makes noise, not speech."""
-    GPT_PRECISION: Literal["float32", "bfloat16", "float16", "int8"] = "float32"
-    """Precision of the GPT's transformer weights: int8 (CPU) and bfloat16 are faster; see README."""
+    GPT_PRECISION: Literal["auto", "float32", "bfloat16", "float16", "int8"] = "auto"
+    """Precision of the GPT's transformer weights; auto: int8 on a CPU, float32 on a GPU (see README)."""
     VOCODER_PRECISION: Literal["float32", "bfloat16"] = "float32"
     """Precision of the HiFi-GAN vocoder's weights: bfloat16 is faster on CPUs with AVX-512 BF16; see README."""
     SPEAKER_CACHE_TTL: float = Field(3600.0, gt=0)

@@ -21,7 +21,9 @@ class ModelInfo(BaseModel):
     dummy: bool = Field(description="Random weights: the audio is noise, not speech.")
     device: str | None
     load_seconds: float | None
-    gpt_precision: str | None = Field(description="GPT_PRECISION the model runs in.")
+    gpt_precision: str | None = Field(description="The precision the GPT runs in (GPT_PRECISION, or what auto chose).")
+    gpt_precision_reason: str | None = Field(description="`set` (GPT_PRECISION named it) or why auto chose it.")
+    cpu: str | None = Field(description="The processor and the instruction-set flags that decide its kernels.")
     vocoder_precision: str | None = Field(description="VOCODER_PRECISION the vocoder runs in.")
 
 
@@ -60,6 +62,8 @@ async def health(state: StateDep) -> Health:
             device=str(loaded.device) if loaded else None,
             load_seconds=round(loaded.load_seconds, 3) if loaded else None,
             gpt_precision=loaded.gpt_precision if loaded else None,
+            gpt_precision_reason=loaded.gpt_precision_reason if loaded else None,
+            cpu=loaded.cpu if loaded else None,
             vocoder_precision=loaded.vocoder_precision if loaded else None,
         ),
         uptime_s=round(time.time() - state.started_at, 3),

@@ -57,6 +57,8 @@ class FakeModelFacts:
     load_seconds: float = 0.01
     gpt_precision: str = "float32"
     vocoder_precision: str = "float32"
+    gpt_precision_reason: str = "set"
+    cpu: str = "fake CPU"
 
 
 @dataclass

@@ -105,7 +105,9 @@ def test_the_server_streams_with_an_int8_gpt(tiny_loaded: LoadedModel, tmp_path:
     engine = TTSEngine(loaded)
     try:
         with app_client(engine, app_settings(tmp_path)) as client:
-            assert client.get("/health").json()["model"]["gpt_precision"] == "int8"
+            model = client.get("/health").json()["model"]
+            assert (model["gpt_precision"], model["gpt_precision_reason"]) == ("int8", "set")
+            assert model["cpu"] == loaded.cpu
             body = {"text": "Hello there.", "language": "en", "speaker_id": BUILTIN_SPEAKER, "seed": 1}
             first, second = client.post("/tts_stream", json=body), client.post("/tts_stream", json=body)
             assert first.status_code == 200 and len(first.content) > 44 + 4800
@@ -135,5 +137,5 @@ def test_a_bfloat16_vocoder_streams_within_its_bound_of_float32(tiny_loaded: Loa
 
 def test_the_settings_offer_exactly_the_engines_precisions() -> None:
     """config.py is a leaf (it cannot import the engine), so its two Literals are written twice: keep them equal."""
-    assert get_args(Settings.model_fields["GPT_PRECISION"].annotation) == get_args(GptPrecision)
+    assert get_args(Settings.model_fields["GPT_PRECISION"].annotation) == ("auto", *get_args(GptPrecision))
     assert get_args(Settings.model_fields["VOCODER_PRECISION"].annotation) == get_args(VocoderPrecision)

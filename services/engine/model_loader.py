@@ -14,6 +14,7 @@ import torch
 from TTS.tts.configs.xtts_config import XttsConfig
 from TTS.tts.models.xtts import Xtts
 
+from services.engine.hardware import auto_gpt_precision, cpu_features
 from services.engine.precision import GptPrecision, VocoderPrecision, apply_gpt_precision, apply_vocoder_precision
 from services.engine.vocoder import fold_weight_norm
 from services.errors import ModelUnavailable
@@ -36,7 +37,7 @@ class ModelChoice:
     checkpoint_dir: Path | None = None
     use_cpu: bool = False
     num_threads: int = 1
-    gpt_precision: GptPrecision = "float32"
+    gpt_precision: GptPrecision | Literal["auto"] = "float32"
     vocoder_precision: VocoderPrecision = "float32"
 
 
@@ -51,6 +52,10 @@ class LoadedModel:
     load_seconds: float
     gpt_precision: GptPrecision = "float32"
     vocoder_precision: VocoderPrecision = "float32"
+    gpt_precision_reason: str = "set"
+    """Why the GPT runs in its precision: `set` (GPT_PRECISION named it) or what `auto` saw."""
+    cpu: str = ""
+    """The processor and the flags that decide its kernels (hardware.CpuFeatures.summary)."""
 
 
 def pick_device(use_cpu: bool) -> torch.device:
@@ -92,7 +97,10 @@ def load_model(choice: ModelChoice) -> LoadedModel:
     started = time.perf_counter()
     torch.set_num_threads(choice.num_threads)
     device = pick_device(choice.use_cpu)
-    if choice.gpt_precision == "float16" and device.type == "cpu":
+    gpt_precision, gpt_reason = (
+        auto_gpt_precision(device, cpu_features()) if choice.gpt_precision == "auto" else (choice.gpt_precision, "set")
+    )
+    if gpt_precision == "float16" and device.type == "cpu":
         # CPUs without native fp16 arithmetic run it many times slower than float32
         raise ModelUnavailable("GPT_PRECISION=float16 is for GPUs; on the CPU use bfloat16 or int8")
     if choice.dummy:
@@ -111,20 +119,24 @@ def load_model(choice: ModelChoice) -> LoadedModel:
     model.to(device)
     model.eval()
     try:
-        apply_gpt_precision(model.gpt, choice.gpt_precision, device)
+        apply_gpt_precision(model.gpt, gpt_precision, device)
     except ValueError as error:
         raise ModelUnavailable(str(error)) from error
     apply_vocoder_precision(model.hifigan_decoder, choice.vocoder_precision)
     logger.info(
         "folded weight norm into %d vocoder layers; GPT in %s, vocoder in %s",
-        folded, choice.gpt_precision, choice.vocoder_precision,
+        folded, gpt_precision, choice.vocoder_precision,
     )  # fmt: skip
+    if gpt_reason != "set":
+        logger.info("GPT precision %s: %s", gpt_precision, gpt_reason)
     return LoadedModel(
         model=model,
         source=source,
         dummy=bool(choice.dummy),
         device=device,
         load_seconds=time.perf_counter() - started,
-        gpt_precision=choice.gpt_precision,
+        gpt_precision=gpt_precision,
         vocoder_precision=choice.vocoder_precision,
+        gpt_precision_reason=gpt_reason,
+        cpu=cpu_features().summary,
     )
