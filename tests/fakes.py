@@ -59,6 +59,8 @@ class FakeModelFacts:
     vocoder_precision: str = "float32"
     gpt_precision_reason: str = "set"
     cpu: str = "fake CPU"
+    vocoder_backend: str = "torch"
+    vocoder_reason: str = "set"
 
 
 @dataclass
@@ -69,6 +71,8 @@ class FakeRow:
     sentence_index: int = 0
     chunks_made: int = 0
     """Chunks made of the current sentence."""
+    needs_prompt: bool = True
+    """Its first sentence, or the next one after a sentence ended, is not prefilled yet (one position)."""
     timings: StepTimings = field(default_factory=StepTimings)
 
 
@@ -84,8 +88,14 @@ class FakeDecoder:
         seed = request.params.seed
         self._rows[request] = FakeRow(torch.Generator().manual_seed(seed) if seed is not None else None)
 
-    def prefill(self, request: SynthesisRequest) -> None:
-        self._rows[request].chunks_made = 0
+    def prompt_left(self, request: SynthesisRequest) -> tuple[int, int]:
+        row = self._rows.get(request)
+        return (1 if row is None or row.needs_prompt else 0), 0
+
+    def prefill(self, request: SynthesisRequest, positions: int | None = None) -> None:
+        row = self._rows[request]
+        row.chunks_made = 0
+        row.needs_prompt = False
 
     def step(self, requests: list[SynthesisRequest]) -> list[RowOutput]:
         engine = self._engine
@@ -109,6 +119,7 @@ class FakeDecoder:
             done = row.chunks_made == engine.chunks_per_sentence
             row.sentence_index += done
             finished = row.sentence_index == len(request.sentences)
+            row.needs_prompt = done and not finished
             outputs.append(RowOutput([chunk], sentence_done=done, finished=finished))
         return outputs
 

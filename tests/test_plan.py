@@ -2,53 +2,106 @@
 
 from __future__ import annotations
 
-from services.engine.plan import BatchLimits, StreamView, plan
+from services.engine.plan import BatchLimits, Prefill, StreamView, plan
 
-LIMITS = BatchLimits(max_batch_size=3, buffer_seconds=2.0, first_chunk_priority_steps=4)
+LIMITS = BatchLimits(max_batch_size=3, buffer_seconds=2.0, first_chunk_priority_steps=4, prefill_chunk=32)
 
 
 def playing(
-    key: str, cancelled: bool = False, next_sentence: bool = False, buffered_seconds: float = 0.5
+    key: str, cancelled: bool = False, prompt_left: int = 0, lookahead_left: int = 0, buffered_seconds: float = 0.5
 ) -> StreamView[str]:
-    """A stream in the batch that has audio (and, unless told, room in its buffer)."""
+    """A stream in the batch that has audio (and, unless told, room in its buffer and nothing to prefill)."""
     return StreamView(
-        key, cancelled=cancelled, next_sentence=next_sentence, buffered_seconds=buffered_seconds, has_audio=True
+        key,
+        cancelled=cancelled,
+        prompt_left=prompt_left,
+        lookahead_left=lookahead_left,
+        buffered_seconds=buffered_seconds,
+        has_audio=True,
     )
 
 
+def arriving(key: str, prompt: int = 20, cancelled: bool = False) -> StreamView[str]:
+    """A stream waiting to join, with its first sentence's prompt to prefill."""
+    return StreamView(key, cancelled=cancelled, prompt_left=prompt)
+
+
 def test_waiting_streams_join_in_arrival_order_while_rows_are_free() -> None:
-    decision = plan([playing("a")], [StreamView("b"), StreamView("c"), StreamView("d")], LIMITS)
+    decision = plan([playing("a")], [arriving("b"), arriving("c"), arriving("d")], LIMITS)
     assert decision.join == ["b", "c"]
     assert decision.still_waiting == ["d"]
-    assert decision.prefill == ["b", "c"]  # a newcomer's first sentence is prefilled before it steps
+    assert [chunk.key for chunk in decision.prefill] == ["b", "c"]  # newcomers' prompts, in arrival order
 
 
 def test_a_full_batch_takes_nobody() -> None:
-    decision = plan([playing("a"), playing("b"), playing("c")], [StreamView("d")], LIMITS)
+    decision = plan([playing("a"), playing("b"), playing("c")], [arriving("d")], LIMITS)
     assert decision.join == [] and decision.still_waiting == ["d"]
     assert decision.step == ["a", "b", "c"]
 
 
 def test_cancelled_streams_leave_whether_running_or_waiting_and_free_their_row() -> None:
     running = [playing("a", cancelled=True), playing("b"), playing("c")]
-    decision = plan(running, [StreamView("d", cancelled=True), StreamView("e")], LIMITS)
+    decision = plan(running, [arriving("d", cancelled=True), arriving("e")], LIMITS)
     assert decision.leave == ["a", "d"]
     assert decision.join == ["e"]  # a's row went to the next one waiting
     assert "a" not in decision.step and "d" not in decision.step
 
 
-def test_a_stream_whose_sentence_ended_gets_its_next_one_prefilled_and_steps() -> None:
-    decision = plan([playing("a", next_sentence=True), playing("b")], [], LIMITS)
-    assert decision.prefill == ["a"]
+def test_on_an_idle_batch_a_newcomers_prompt_is_prefilled_whole_and_it_steps_at_once() -> None:
+    decision = plan([], [arriving("a", prompt=500)], LIMITS)
+    assert decision.prefill == [Prefill("a", None)]  # nobody is speaking: nothing is held up
+    assert decision.step == ["a"]
+
+
+def test_while_others_speak_a_newcomers_prompt_is_prefilled_a_chunk_per_step() -> None:
+    decision = plan([playing("a"), playing("b")], [arriving("new", prompt=70)], LIMITS)
+    assert decision.prefill == [Prefill("new", 32)]  # a and b's step is held up by 32 positions, not 70
+    assert decision.step == ["a", "b"]  # new cannot step before its prompt is complete
+    later = plan([playing("a"), playing("b"), StreamView("new", prompt_left=6)], [], LIMITS)
+    assert later.prefill == [Prefill("new", 6)]
+    assert later.step == ["new"]  # complete in this step: it steps now, on its own (first-chunk priority)
+
+
+def test_the_chunk_is_shared_newcomers_first_then_sentence_ends_then_look_ahead() -> None:
+    running = [
+        playing("ended", prompt_left=10),
+        playing("ahead", lookahead_left=40),
+        StreamView("earlier", prompt_left=12),  # joined in an earlier step, prompt not complete yet
+    ]
+    decision = plan(running, [arriving("new", prompt=8)], BatchLimits(max_batch_size=4, prefill_chunk=32))
+    assert decision.prefill == [Prefill("earlier", 12), Prefill("new", 8), Prefill("ended", 10), Prefill("ahead", 2)]
+    assert set(decision.step) == {"earlier", "new"}  # complete now; newcomers take their first steps alone
+
+
+def test_a_stream_whose_sentence_ended_steps_once_its_next_prompt_is_complete() -> None:
+    decision = plan([playing("a", prompt_left=40), playing("b")], [], LIMITS)
+    assert decision.prefill == [Prefill("a", 32)] and decision.step == ["b"]
+    decision = plan([playing("a", prompt_left=8), playing("b")], [], LIMITS)
+    assert decision.prefill == [Prefill("a", 8)] and decision.step == ["a", "b"]
+
+
+def test_look_ahead_prefills_a_speaking_streams_next_sentence_and_it_keeps_stepping() -> None:
+    decision = plan([playing("a", lookahead_left=50), playing("b")], [], LIMITS)
+    assert decision.prefill == [Prefill("a", 32)]
     assert decision.step == ["a", "b"]
+    newcomer = StreamView("new", lookahead_left=50, steps_before_audio=1)
+    assert plan([newcomer], [], LIMITS).prefill == []  # not before its first audio: that comes first
 
 
 def test_a_stream_with_a_full_buffer_pauses_and_keeps_its_row() -> None:
-    decision = plan([playing("slow", buffered_seconds=2.0), playing("b")], [StreamView("c"), StreamView("d")], LIMITS)
+    decision = plan([playing("slow", buffered_seconds=2.0), playing("b")], [arriving("c"), arriving("d")], LIMITS)
     assert decision.paused == ["slow"]
     assert decision.step == ["c"]  # the newcomer first (b waits a few steps), never the paused one
     assert decision.join == ["c"] and decision.still_waiting == ["d"]  # the paused stream still holds a row
     assert "slow" not in decision.leave
+
+
+def test_paused_streams_alone_use_the_quiet_to_prefill_ahead() -> None:
+    decision = plan([playing("slow", lookahead_left=50, buffered_seconds=2.0)], [], LIMITS)
+    assert decision.prefill == [Prefill("slow", 32)] and decision.step == []
+    assert not decision.idle  # another step comes for the rest of the prompt
+    done = plan([playing("slow", buffered_seconds=2.0)], [], LIMITS)
+    assert done.idle
 
 
 def test_newcomers_without_audio_step_on_their_own() -> None:
@@ -57,7 +110,7 @@ def test_newcomers_without_audio_step_on_their_own() -> None:
 
 
 def test_a_newcomer_and_a_joining_stream_step_together_before_their_first_audio() -> None:
-    decision = plan([playing("a"), StreamView("new", steps_before_audio=2)], [StreamView("joining")], LIMITS)
+    decision = plan([playing("a"), StreamView("new", steps_before_audio=2)], [arriving("joining", 5)], LIMITS)
     assert decision.step == ["new", "joining"]
 
 

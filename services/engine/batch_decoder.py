@@ -19,16 +19,18 @@ import torch
 from transformers.generation.logits_process import LogitsProcessorList
 from TTS.tts.models.xtts import Xtts
 
-from services.engine.batched_gpt import SlotKVCache, decode_step, prefill
+from services.engine.batched_gpt import SlotKVCache, decode_step
 from services.engine.gpt_sampler import (
     PrefixKV,
     audio_token_embedding,
     logits_processors,
+    prompt_positions,
     sample_token,
     sentence_prompt,
     token_limit,
 )
 from services.engine.latents import VoiceLatents
+from services.engine.prompt_prefill import PendingPrompt
 from services.engine.scheduler import RowOutput
 from services.engine.stream import StepTimings, StreamReport, SynthesisRequest
 from services.engine.vocoder import IncrementalVocoder
@@ -60,6 +62,9 @@ class RowState:
     """Its row of the KV cache, once its first sentence is prefilled."""
     sentence_index: int = 0
     sentence: SentenceState | None = None
+    """The sentence it is speaking; None before its first and between two whose next prompt is not ready."""
+    pending: PendingPrompt | None = None
+    """The prompt being prefilled: the current sentence's while `sentence` is None, else the next one's."""
     timings: StepTimings = field(default_factory=StepTimings)
     audio_tokens: list[int] = field(default_factory=list)
 
@@ -74,19 +79,56 @@ class GptBatchDecoder:
         self.cache = SlotKVCache(model.gpt, device)
         self._rows: dict[SynthesisRequest, RowState] = {}
         self._by_row: list[SynthesisRequest] = []
+        self.sentences_started_ahead = 0
+        """Later sentences whose prompt was ready when the one before ended (prefilled ahead: no stall)."""
+        self.sentences_started_late = 0
+        """Later sentences that waited for their prompt after the one before ended."""
 
     def join(self, request: SynthesisRequest) -> None:
         seed = request.params.seed
         generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
         self._rows[request] = RowState(generator)
 
-    def prefill(self, request: SynthesisRequest) -> None:
+    def prompt_left(self, request: SynthesisRequest) -> tuple[int, int]:
+        """(positions of the prompt it needs before it can step, positions of its next sentence's prompt still
+        to prefill while it speaks); a stream not joined yet needs its first sentence's whole prompt."""
+        state = self._rows.get(request)
+        if state is None:
+            return prompt_positions(request.sentences[0].tokens), 0
+        if state.sentence is None:
+            return self._pending(request, state).left, 0
+        if state.sentence_index + 1 < len(request.sentences):
+            return 0, self._pending(request, state).left
+        return 0, 0
+
+    def prefill(self, request: SynthesisRequest, positions: int | None = None) -> None:
+        """Prefill the next `positions` positions (None: all) of the stream's pending prompt; a prompt that
+        completes while its row is between sentences goes into the row at once."""
         started = time.perf_counter()
         state = self._rows[request]
+        pending = self._pending(request, state)
+        pending.advance(self.model.gpt, lambda: self._voice_prefix(request.voice), positions)
+        if state.sentence is None and pending.left == 0:
+            self.sentences_started_late += state.sentence_index > 0
+            self._start_sentence(request, state)
+        state.timings.prefill_s += time.perf_counter() - started
+
+    def _pending(self, request: SynthesisRequest, state: RowState) -> PendingPrompt:
+        """The prompt the row needs next (made on first ask: its embeddings cost no GPT pass)."""
+        index = state.sentence_index if state.sentence is None else state.sentence_index + 1
+        if state.pending is None or state.pending.sentence_index != index:
+            tokens = request.sentences[index].tokens.to(self.device)
+            state.pending = PendingPrompt(index, sentence_prompt(self.model.gpt, request.voice.gpt_cond_latent, tokens))
+        return state.pending
+
+    def _start_sentence(self, request: SynthesisRequest, state: RowState) -> None:
+        """Put the completed pending prompt into the stream's row and start speaking its sentence."""
+        pending = state.pending
+        assert pending is not None and pending.sentence_index == state.sentence_index
+        state.pending = None
+        hidden, kv = pending.result()
+        prompt = pending.prompt
         gpt = self.model.gpt
-        sentence = request.sentences[state.sentence_index]
-        prompt = sentence_prompt(gpt, request.voice.gpt_cond_latent, sentence.tokens.to(self.device))
-        hidden, kv = prefill(gpt, prompt.after_conditioning(), self._voice_prefix(request.voice))
         if state.row is None:
             state.row = self.cache.add_row(kv)
             self._by_row.append(request)
@@ -101,7 +143,6 @@ class GptBatchDecoder:
             target_tokens=params.schedule.first(),
             latent=gpt.final_norm(hidden),
         )
-        state.timings.prefill_s += time.perf_counter() - started
 
     def step(self, requests: list[SynthesisRequest]) -> list[RowOutput]:
         gpt = self.model.gpt
@@ -134,6 +175,12 @@ class GptBatchDecoder:
                 continue
             if done:
                 state.sentence_index += 1
+                state.sentence = None
+                # the next sentence's prompt, prefilled ahead while this one spoke: no step is lost to it
+                if state.pending is not None and state.pending.sentence_index == state.sentence_index:
+                    if state.pending.left == 0:
+                        self.sentences_started_ahead += 1
+                        self._start_sentence(request, state)
             finished = done and state.sentence_index == len(request.sentences)
             outputs.append(RowOutput(chunks=chunks, sentence_done=done, finished=finished))
         if continuing:

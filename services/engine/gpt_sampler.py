@@ -85,6 +85,11 @@ class SentencePrompt:
         return self.embeddings[:, self.conditioning_length :]
 
 
+def prompt_positions(text_tokens: torch.Tensor) -> int:
+    """Positions a sentence's prompt adds after the conditioning: its text, start and stop text tokens, start audio."""
+    return int(text_tokens.shape[-1]) + 3
+
+
 def sentence_prompt(gpt: GPT, cond_latent: torch.Tensor, text_tokens: torch.Tensor) -> SentencePrompt:
     text = F.pad(text_tokens, (0, 1), value=gpt.stop_text_token)
     text = F.pad(text, (1, 0), value=gpt.start_text_token)

@@ -46,10 +46,14 @@ class Decoder(Protocol):
     """The model's part of a step (model thread only); it owns each stream's row."""
 
     def join(self, request: SynthesisRequest) -> None:
-        """Give the stream a row (its first sentence is prefilled by `prefill`)."""
+        """Take the stream in (its first sentence's prompt is prefilled by `prefill`)."""
 
-    def prefill(self, request: SynthesisRequest) -> None:
-        """Prefill the stream's next sentence into its row."""
+    def prompt_left(self, request: SynthesisRequest) -> tuple[int, int]:
+        """(prompt positions it needs before it can step, positions of its next sentence's prompt still ahead)."""
+        ...
+
+    def prefill(self, request: SynthesisRequest, positions: int | None = None) -> None:
+        """Prefill the next `positions` positions (None: all) of the stream's pending prompt."""
 
     def step(self, requests: list[SynthesisRequest]) -> list[RowOutput]:
         """One token for each of `requests` (all of them in the batch), in one forward pass."""
@@ -64,7 +68,6 @@ class Decoder(Protocol):
 class _Scheduled:
     """The scheduler's own facts about a stream in the batch (model thread only)."""
 
-    next_sentence: bool = False
     steps_before_audio: int = 0
     encode_s: float = 0.0
 
@@ -134,7 +137,7 @@ class BatchScheduler:
             waiting = list(self._waiting)
         decision = plan(
             [self._view(stream, facts) for stream, facts in self._running.items()],
-            [StreamView(stream, cancelled=stream.request.cancel.is_set()) for stream in waiting],
+            [self._waiting_view(stream) for stream in waiting],
             self.limits,
         )
         with self._lock:
@@ -146,12 +149,19 @@ class BatchScheduler:
             self._decode(stepping)
         return not decision.idle
 
+    def _waiting_view(self, stream: EngineStream) -> StreamView[EngineStream]:
+        cancelled = stream.request.cancel.is_set()
+        prompt_left = 0 if cancelled else self.decoder.prompt_left(stream.request)[0]
+        return StreamView(stream, cancelled, prompt_left=prompt_left)
+
     def _view(self, stream: EngineStream, facts: _Scheduled) -> StreamView[EngineStream]:
         channel = stream.channel
+        prompt_left, lookahead_left = self.decoder.prompt_left(stream.request)
         return StreamView(
             stream,
             cancelled=stream.request.cancel.is_set(),
-            next_sentence=facts.next_sentence,
+            prompt_left=prompt_left,
+            lookahead_left=lookahead_left,
             buffered_seconds=channel.buffered_seconds(),
             has_audio=channel.produced_samples > 0,
             steps_before_audio=facts.steps_before_audio,
@@ -164,11 +174,10 @@ class BatchScheduler:
             self._running[stream] = _Scheduled()
             self.decoder.join(stream.request)
         self.peak_batch = max(self.peak_batch, len(self._running))
-        for stream in decision.prefill:
-            facts = self._running[stream]
+        for chunk in decision.prefill:
+            stream = chunk.key
             try:
-                self.decoder.prefill(stream.request)
-                facts.next_sentence = False
+                self.decoder.prefill(stream.request, chunk.positions)
             except Exception as error:
                 logger.exception("prefill failed")
                 self._fail(stream, error)
@@ -201,7 +210,6 @@ class BatchScheduler:
             stream.channel.post_audio(pcm)
         if output.sentence_done:
             stream.channel.post(SentenceDone())
-            facts.next_sentence = not output.finished
             if output.finished or stream.request.cancel.is_set():
                 self._leave(stream)
 
