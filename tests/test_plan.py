@@ -53,24 +53,28 @@ def test_on_an_idle_batch_a_newcomers_prompt_is_prefilled_whole_and_it_steps_at_
     assert decision.step == ["a"]
 
 
-def test_while_others_speak_a_newcomers_prompt_is_prefilled_a_chunk_per_step() -> None:
+def test_a_newcomers_prompt_is_prefilled_whole_and_it_steps_at_once_even_while_others_speak() -> None:
     decision = plan([playing("a"), playing("b")], [arriving("new", prompt=70)], LIMITS)
-    assert decision.prefill == [Prefill("new", 32)]  # a and b's step is held up by 32 positions, not 70
-    assert decision.step == ["a", "b"]  # new cannot step before its prompt is complete
-    later = plan([playing("a"), playing("b"), StreamView("new", prompt_left=6)], [], LIMITS)
-    assert later.prefill == [Prefill("new", 6)]
-    assert later.step == ["new"]  # complete in this step: it steps now, on its own (first-chunk priority)
+    assert decision.prefill == [Prefill("new", None)]  # its first audio first: chunks would add a and b's steps
+    assert decision.step == ["new"]  # and it steps on its own (first-chunk priority)
 
 
-def test_the_chunk_is_shared_newcomers_first_then_sentence_ends_then_look_ahead() -> None:
+def test_the_chunk_goes_to_sentence_ends_then_look_ahead_after_newcomers_whole() -> None:
     running = [
         playing("ended", prompt_left=10),
         playing("ahead", lookahead_left=40),
-        StreamView("earlier", prompt_left=12),  # joined in an earlier step, prompt not complete yet
+        StreamView("earlier", prompt_left=12),  # joined in an earlier step (its prompt not complete yet)
     ]
     decision = plan(running, [arriving("new", prompt=8)], BatchLimits(max_batch_size=4, prefill_chunk=32))
-    assert decision.prefill == [Prefill("earlier", 12), Prefill("new", 8), Prefill("ended", 10), Prefill("ahead", 2)]
+    assert decision.prefill == [Prefill("earlier"), Prefill("new"), Prefill("ended", 10), Prefill("ahead", 22)]
     assert set(decision.step) == {"earlier", "new"}  # complete now; newcomers take their first steps alone
+
+
+def test_sentence_ends_share_the_chunk_in_batch_order() -> None:
+    running = [playing("a", prompt_left=20), playing("b", prompt_left=20), playing("c")]
+    decision = plan(running, [], LIMITS)
+    assert decision.prefill == [Prefill("a", 20), Prefill("b", 12)]
+    assert decision.step == ["a", "c"]  # b's prompt is not complete: it waits a step
 
 
 def test_a_stream_whose_sentence_ended_steps_once_its_next_prompt_is_complete() -> None:

@@ -96,7 +96,7 @@ def test_chunked_prompts_beside_another_stream_sample_coquis_tokens_and_never_st
         other = asyncio.ensure_future(
             speak("Somebody else is speaking all the while.", GenerationParams(SamplingSettings(), seed=1), started)
         )
-        await started.wait()  # ours joins a batch that is decoding: its prompts go a chunk at a time
+        await started.wait()  # ours joins a batch that is decoding: its next sentence goes a chunk per step
         tokens = await speak(TWO_SENTENCES, params)
         await other
         return tokens

@@ -11,13 +11,15 @@ The rules:
 - Waiting streams join in arrival order while there are rows free (`max_batch_size`); a cancelled one
   leaves without ever joining. The admission gate upstream hands the engine no more streams than rows,
   so in the server a stream waits here for one step at most; the one queue is the gate's.
-- Prompts are prefilled in chunks between decode steps (vLLM's chunked prefill), so a long prompt never
-  holds the streams already speaking for long: while any stream can step, a step prefills at most
-  `prefill_chunk` prompt positions, given out in this order: newcomers' first sentences (in arrival
-  order), then streams whose sentence ended and whose next prompt is not ready yet, then look-ahead:
-  the next sentence of a stream still speaking, so that at its sentence's end the prompt is ready and
-  the stream never stalls. When nobody can step, nothing is held up: the prompts due now are prefilled
-  whole. A stream steps once its prompt is complete (in the same step if this step completes it).
+- A newcomer's first prompt is prefilled whole in the step it joins (in arrival order): its first audio
+  comes first, as its first steps do below, and chunking it would add the others' steps (and their
+  vocoder work) to its wait. Every other prompt is prefilled in chunks between decode steps (vLLM's
+  chunked prefill), so it never holds the streams already speaking for long: while any stream can step, a
+  step prefills at most `prefill_chunk` positions of them, streams whose sentence ended and whose next
+  prompt is not ready first, then look-ahead: the next sentence of a stream still speaking, so that at its
+  sentence's end the prompt is ready and the stream never stalls. When nobody can step, nothing is held
+  up: the prompts due now are prefilled whole. A stream steps once its prompt is complete (in the same
+  step if this step completes it).
 - A stream with `buffer_seconds` of audio its reader has not taken pauses (it keeps its row).
 - Newcomers without their first audio step on their own, for at most `first_chunk_priority_steps`
   steps: a step of one row costs a third of a step of eight on a CPU, so a newcomer's first audio comes
@@ -119,16 +121,19 @@ def _share_prefill(
     joining: list[StreamView[K]], staying: list[StreamView[K]], busy: bool, limits: BatchLimits
 ) -> tuple[list[Prefill[K]], set[K]]:
     """The step's prefill chunks in priority order, and the streams whose prompt they complete."""
-    # newcomers first, in arrival order (those that joined in an earlier step came first), then transitions
-    due = [view for view in staying if view.prompt_left > 0 and not view.has_audio]
-    due += [view for view in joining if view.prompt_left > 0]
+    arrived = [view for view in staying if view.prompt_left > 0 and not view.has_audio] + [
+        view for view in joining if view.prompt_left > 0
+    ]  # in arrival order: those that joined in an earlier step came first
+    newcomers = [view for view in arrived if view.steps_before_audio < limits.first_chunk_priority_steps]
+    due = [view for view in arrived if view not in newcomers]
     due += [view for view in staying if view.prompt_left > 0 and view.has_audio]
     ahead = [view for view in staying if view.prompt_left == 0 and view.lookahead_left > 0 and view.has_audio]
-    chunks: list[Prefill[K]] = []
-    completed: set[K] = set()
+    # a newcomer's first audio comes first (as its first steps do): its prompt is prefilled whole, now
+    chunks = [Prefill(view.key) for view in newcomers]
+    completed = {view.key for view in newcomers}
     if not busy:  # nobody is speaking: the prompts due now hold up no one
-        chunks = [Prefill(view.key) for view in due]
-        completed = {view.key for view in due}
+        chunks += [Prefill(view.key) for view in due]
+        completed |= {view.key for view in due}
         due = []
     budget = limits.prefill_chunk
     for view, left in [(view, view.prompt_left) for view in due] + [(view, view.lookahead_left) for view in ahead]:
