@@ -73,8 +73,11 @@ class Settings(BaseSettings):
     """Random-weight XTTS for tests (tiny) or benchmarks (full): it makes noise, not speech."""
     GPT_PRECISION: Literal["auto", "float32", "bfloat16", "float16", "int8"] = "auto"
     """Precision of the GPT's transformer weights; auto: int8 on a CPU, float32 on a GPU (see README)."""
-    VOCODER_PRECISION: Literal["float32", "bfloat16"] = "float32"
-    """Precision of the HiFi-GAN vocoder's weights: bfloat16 is faster on CPUs with AVX-512 BF16; see README."""
+    VOCODER_BACKEND: Literal["auto", "torch", "openvino"] = "auto"
+    """What runs the HiFi-GAN vocoder; auto: OpenVINO on a CPU, torch on a GPU (see README)."""
+    VOCODER_PRECISION: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Precision the vocoder computes in; auto: bfloat16 where the CPU has AVX-512 BF16 or AMX, else float32 (see
+    README)."""
     SPEAKER_CACHE_TTL: float = Field(3600.0, gt=0)
     """Seconds a voice's latents stay in the in-memory cache after their last load."""
     SPEAKER_CACHE_MAX_SIZE: int = Field(100, ge=1, le=100000)

@@ -91,6 +91,7 @@ def model_choice(settings: Settings) -> ModelChoice:
         num_threads=settings.NUM_THREADS,
         gpt_precision=settings.GPT_PRECISION,
         vocoder_precision=settings.VOCODER_PRECISION,
+        vocoder_backend=settings.VOCODER_BACKEND,
     )
 
 

@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("precision-comparison"))
     args = parser.parse_args()
-    settings = Settings(GPT_PRECISION="float32", VOCODER_PRECISION="float32")
+    settings = Settings(GPT_PRECISION="float32", VOCODER_PRECISION="float32", VOCODER_BACKEND="torch")
     reference_engine = TTSEngine.start(model_choice(settings))  # every variant runs on its model thread
     loaded, thread = reference_engine.loaded, reference_engine.thread
     speakers = sorted(loaded.model.speaker_manager.speakers) if hasattr(loaded.model, "speaker_manager") else []

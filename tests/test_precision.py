@@ -138,4 +138,4 @@ def test_a_bfloat16_vocoder_streams_within_its_bound_of_float32(tiny_loaded: Loa
 def test_the_settings_offer_exactly_the_engines_precisions() -> None:
     """config.py is a leaf (it cannot import the engine), so its two Literals are written twice: keep them equal."""
     assert get_args(Settings.model_fields["GPT_PRECISION"].annotation) == ("auto", *get_args(GptPrecision))
-    assert get_args(Settings.model_fields["VOCODER_PRECISION"].annotation) == get_args(VocoderPrecision)
+    assert get_args(Settings.model_fields["VOCODER_PRECISION"].annotation) == ("auto", *get_args(VocoderPrecision))

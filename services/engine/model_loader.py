@@ -16,7 +16,8 @@ from TTS.tts.models.xtts import Xtts
 
 from services.engine.hardware import auto_gpt_precision, cpu_features
 from services.engine.precision import GptPrecision, VocoderPrecision, apply_gpt_precision, apply_vocoder_precision
-from services.engine.vocoder import fold_weight_norm
+from services.engine.vocoder import fold_weight_norm, use_waveform_decoder
+from services.engine.vocoder_backends import VocoderBackend, VocoderChoice, choose_vocoder, convert_waveform_decoder
 from services.errors import ModelUnavailable
 
 logger = logging.getLogger(__name__)
@@ -38,7 +39,9 @@ class ModelChoice:
     use_cpu: bool = False
     num_threads: int = 1
     gpt_precision: GptPrecision | Literal["auto"] = "float32"
-    vocoder_precision: VocoderPrecision = "float32"
+    vocoder_precision: VocoderPrecision | Literal["auto"] = "float32"
+    vocoder_backend: VocoderBackend | Literal["auto"] = "torch"
+    """The server's settings default both to auto; here the default is the reference path (torch float32)."""
 
 
 @dataclass
@@ -56,6 +59,9 @@ class LoadedModel:
     """Why the GPT runs in its precision: `set` (GPT_PRECISION named it) or what `auto` saw."""
     cpu: str = ""
     """The processor and the flags that decide its kernels (hardware.CpuFeatures.summary)."""
+    vocoder_backend: VocoderBackend = "torch"
+    vocoder_reason: str = "set"
+    """Why the vocoder runs on its backend and in its precision: `set`, or what `auto` saw."""
 
 
 def pick_device(use_cpu: bool) -> torch.device:
@@ -122,10 +128,10 @@ def load_model(choice: ModelChoice) -> LoadedModel:
         apply_gpt_precision(model.gpt, gpt_precision, device)
     except ValueError as error:
         raise ModelUnavailable(str(error)) from error
-    apply_vocoder_precision(model.hifigan_decoder, choice.vocoder_precision)
+    vocoder = _load_vocoder(model, choice, device)
     logger.info(
-        "folded weight norm into %d vocoder layers; GPT in %s, vocoder in %s",
-        folded, gpt_precision, choice.vocoder_precision,
+        "folded weight norm into %d vocoder layers; GPT in %s, vocoder: %s (%s)",
+        folded, gpt_precision, vocoder.label, vocoder.reason,
     )  # fmt: skip
     if gpt_reason != "set":
         logger.info("GPT precision %s: %s", gpt_precision, gpt_reason)
@@ -136,7 +142,31 @@ def load_model(choice: ModelChoice) -> LoadedModel:
         device=device,
         load_seconds=time.perf_counter() - started,
         gpt_precision=gpt_precision,
-        vocoder_precision=choice.vocoder_precision,
+        vocoder_precision=vocoder.precision,
         gpt_precision_reason=gpt_reason,
         cpu=cpu_features().summary,
+        vocoder_backend=vocoder.backend,
+        vocoder_reason=vocoder.reason,
     )
+
+
+def _load_vocoder(model: Xtts, choice: ModelChoice, device: torch.device) -> VocoderChoice:
+    """Resolve VOCODER_BACKEND / VOCODER_PRECISION and set the vocoder up for them. Raises ModelUnavailable."""
+    try:
+        vocoder = choose_vocoder(choice.vocoder_backend, choice.vocoder_precision, device, cpu_features())
+    except ValueError as error:
+        raise ModelUnavailable(str(error)) from error
+    decoder = model.hifigan_decoder
+    if vocoder.backend == "openvino":
+        try:
+            waveform = convert_waveform_decoder(decoder, vocoder.precision, torch.get_num_threads())
+        except Exception as error:  # an engine that cannot take this model: say so, and run torch when allowed
+            if choice.vocoder_backend == "openvino":
+                raise ModelUnavailable(f"VOCODER_BACKEND=openvino: conversion failed ({error})") from error
+            logger.warning("OpenVINO could not convert the vocoder (%s); it runs in torch", error)
+            vocoder = VocoderChoice("torch", vocoder.precision, vocoder.reason + "; OpenVINO failed, torch")
+        else:
+            use_waveform_decoder(decoder, waveform)
+            return vocoder
+    apply_vocoder_precision(decoder, vocoder.precision)
+    return vocoder

@@ -6,11 +6,17 @@ O(n^2) in the sentence length. Here the latent -> frame resampling that `HifiDec
 the HiFi-GAN, whose receptive field is finite, runs over those frames with a few frames of context on
 both sides, so the concatenated chunks match a one-shot decode of the same latents (measured: 71 dB SNR
 with a boundary every 4 tokens; exact to float rounding with 10 frames of context).
+
+The generator itself runs behind `WaveformDecoder` (torch, or OpenVINO: services/engine/vocoder_backends.py),
+which model_loader registers for the loaded model's decoder (`use_waveform_decoder`); a decoder with none
+registered (a copy, a test's) runs its torch module.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
+from typing import Protocol
 
 import torch
 from torch.nn.utils import parametrize
@@ -30,6 +36,49 @@ def fold_weight_norm(decoder: HifiDecoder) -> int:
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
             folded += 1
     return folded
+
+
+class WaveformDecoder(Protocol):
+    """HiFi-GAN's generator, whatever runs it: frames [B, C, T] and speaker embeddings [B or 1, E, 1] in, both
+    float32 on the model's device; the waveform [B, 1, T * hop] out, float32."""
+
+    @property
+    def frame_bucket(self) -> int:
+        """Frame counts this decoder runs fastest at are multiples of this (1: any)."""
+        ...
+
+    def __call__(self, frames: torch.Tensor, speaker_embedding: torch.Tensor) -> torch.Tensor: ...
+
+
+class TorchWaveformDecoder:
+    """coqui's generator module in its own precision (VOCODER_PRECISION casts it); float32 in and out."""
+
+    frame_bucket = 1
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+        self.dtype = next(module.parameters()).dtype
+
+    def __call__(self, frames: torch.Tensor, speaker_embedding: torch.Tensor) -> torch.Tensor:
+        wav: torch.Tensor = self.module(frames.to(self.dtype), g=speaker_embedding.to(self.dtype))
+        return wav.float()
+
+
+_REGISTERED: weakref.WeakKeyDictionary[HifiDecoder, WaveformDecoder] = weakref.WeakKeyDictionary()
+
+
+def use_waveform_decoder(decoder: HifiDecoder, waveform: WaveformDecoder | None) -> None:
+    """Run `decoder`'s generator through `waveform` from now on (None: back to its torch module)."""
+    if waveform is None:
+        _REGISTERED.pop(decoder, None)
+    else:
+        _REGISTERED[decoder] = waveform
+
+
+def waveform_decoder_of(decoder: HifiDecoder) -> WaveformDecoder:
+    """What runs `decoder`'s generator: the one registered for it, else its torch module."""
+    registered = _REGISTERED.get(decoder)
+    return registered if registered is not None else TorchWaveformDecoder(decoder.waveform_decoder)
 
 
 class _LinearResample:
@@ -62,11 +111,17 @@ class _LinearResample:
 class IncrementalVocoder:
     """Turns GPT latents pushed one at a time into waveform chunks that concatenate to a one-shot decode."""
 
-    def __init__(self, decoder: HifiDecoder, speaker_embedding: torch.Tensor, speed: float = 1.0) -> None:
+    def __init__(
+        self,
+        decoder: HifiDecoder,
+        speaker_embedding: torch.Tensor,
+        speed: float = 1.0,
+        waveform: WaveformDecoder | None = None,
+    ) -> None:
         self._decoder = decoder
-        # the waveform decoder's own precision (VOCODER_PRECISION); chunks come out float32 either way
-        self._dtype = decoder.waveform_decoder.conv_pre.weight.dtype
-        self._speaker_embedding = speaker_embedding.to(self._dtype)
+        # torch or OpenVINO, in VOCODER_PRECISION; chunks come out float32 either way
+        self._waveform = waveform if waveform is not None else waveform_decoder_of(decoder)
+        self._speaker_embedding = speaker_embedding.float()
         stages = []
         if speed != 1.0:
             stages.append(_LinearResample(1.0 / max(speed, 0.05)))  # as Xtts.inference's length_scale
@@ -124,8 +179,11 @@ class IncrementalVocoder:
         start = self._emitted_frames
         window_start = max(0, start - DECODER_CONTEXT_FRAMES)
         window_stop = min(available, stop + DECODER_CONTEXT_FRAMES)
+        bucket = self._waveform.frame_bucket
+        if bucket > 1:  # widen to a frame count the decoder has kernels for, with frames already decoded
+            window_start = max(0, window_stop - -(-(window_stop - window_start) // bucket) * bucket)
         frames = self._frames(window_start, window_stop, input_length)
-        wav = self._decoder.waveform_decoder(frames[None].to(self._dtype), g=self._speaker_embedding)[0, 0].float()
+        wav = self._waveform(frames[None], self._speaker_embedding)[0, 0]
         hop = wav.shape[-1] // frames.shape[-1]
         self._emitted_frames = stop
         return wav[(start - window_start) * hop : (stop - window_start) * hop]
