@@ -48,6 +48,13 @@ def tiny_loaded() -> LoadedModel:
 
 
 @pytest.fixture(scope="session")
+def tiny_int8_loaded() -> LoadedModel:
+    """The tiny model with GPT_PRECISION=int8, loaded as the server loads it."""
+    require_layer("engine", "the tiny model")
+    return load_model(ModelChoice(dummy="tiny", num_threads=2, gpt_precision="int8"))
+
+
+@pytest.fixture(scope="session")
 def tiny_engine(tiny_loaded: LoadedModel) -> Iterator[TTSEngine]:
     engine = TTSEngine(tiny_loaded)
     yield engine
@@ -221,8 +228,15 @@ def fake_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient
         yield client
 
 
-@pytest.fixture(scope="module")
+# Audio tokens per sentence in the tiny model's in-process app: enough for half a second of audio (a token is
+# about 46 ms), a third of the tiny model's own cap (40), so each request there costs a third of the vocoder's time.
+TINY_APP_AUDIO_TOKENS = 12
+
+
+@pytest.fixture(scope="session")
 def tiny_client(tiny_engine: TTSEngine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    """The app in-process with the tiny random-weight model: real cloning and latents, no subprocess."""
-    with app_client(tiny_engine, app_settings(tmp_path_factory.mktemp("tiny"), **SHARED_SETTINGS)) as client:
+    """The app in-process with the tiny random-weight model: real cloning and latents, no subprocess. One for the
+    session (its start-up warms the engine up); tests leave the settings they change as they found them."""
+    settings = app_settings(tmp_path_factory.mktemp("tiny"), **SHARED_SETTINGS, MAX_AUDIO_TOKENS=TINY_APP_AUDIO_TOKENS)
+    with app_client(tiny_engine, settings) as client:
         yield client

@@ -20,7 +20,7 @@ import torch
 
 from services.engine.batched_gpt import SlotKVCache, decode_step, prefill
 from services.engine.latents import VoiceLatents
-from services.engine.model_loader import LoadedModel, ModelChoice, load_model
+from services.engine.model_loader import LoadedModel
 from services.engine.params import ChunkSchedule, GenerationParams, SamplingSettings
 from services.engine.plan import BatchLimits
 from services.engine.precision import run_transformer
@@ -29,7 +29,12 @@ from services.engine.tts import TTSEngine
 from services.errors import InvalidLatents
 from tests.audio_checks import pcm_snr_db
 
+pytestmark = pytest.mark.engine  # every test here runs the tiny model (some through getfixturevalue)
+
 MIN_SNR_DB = 60
+# Audio tokens per sentence: the first chunks (1, 2, 4, 8 tokens) and a last one, so every request spans several
+# chunk boundaries and batch steps, and the four overlap (each joins at the one before's first audio).
+TOKENS = 16
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +45,9 @@ def engine(tiny_loaded: LoadedModel) -> Iterator[TTSEngine]:
 
 
 @pytest.fixture(scope="module", params=["float32", "int8"])
-def any_precision_engine(request: pytest.FixtureRequest, tiny_loaded: LoadedModel) -> Iterator[TTSEngine]:
+def any_precision_engine(request: pytest.FixtureRequest) -> Iterator[TTSEngine]:
     """float32, and int8 (its activations are quantized per row, so a batch is no different from alone)."""
-    loaded = tiny_loaded if request.param == "float32" else load_model(ModelChoice(dummy="tiny", gpt_precision="int8"))
+    loaded: LoadedModel = request.getfixturevalue("tiny_loaded" if request.param == "float32" else "tiny_int8_loaded")
     engine = TTSEngine(loaded, limits=BatchLimits(max_batch_size=8))
     yield engine
     engine.shutdown()
@@ -115,7 +120,7 @@ async def speak(
 
 def test_streams_in_a_batch_sound_exactly_as_alone(any_precision_engine: TTSEngine) -> None:
     engine = any_precision_engine
-    requests = requests_of_every_kind(tokens=40)
+    requests = requests_of_every_kind(TOKENS)
 
     async def alone() -> list[tuple[bytes, list[int], SynthesisStream]]:
         return [await speak(engine, request) for request in requests]
@@ -164,7 +169,7 @@ def test_a_stream_alone_speaks_each_sentence_as_coquis_generate(engine: TTSEngin
         "counts characters against coqui's limit of two hundred and fifty. The second sentence follows it "
         "and is spoken in the same row of the batch, after a prefill of its own, with the same generator."
     )
-    request = Request(long_text, "Dummy Bass", requests_of_every_kind(tokens=30)[1].params)
+    request = Request(long_text, "Dummy Bass", requests_of_every_kind(TOKENS)[1].params)
     _, tokens, _ = asyncio.run(speak(engine, request))
     voice: VoiceLatents = engine.builtin_speakers[request.voice]
     sentences = asyncio.run(engine.plan(request.text, "en", True))
@@ -190,7 +195,7 @@ def test_a_stream_alone_speaks_each_sentence_as_coquis_generate(engine: TTSEngin
 def test_a_poisoned_stream_fails_alone_and_the_others_sound_as_alone(engine: TTSEngine) -> None:
     """Absurd latents that got past the door (here: handed to the engine directly) drive one row to
     non-finite numbers: that stream ends with InvalidLatents, every other stream is whole and as alone."""
-    requests = requests_of_every_kind(tokens=30)[:3]
+    requests = requests_of_every_kind(TOKENS)[:3]
     clean = engine.builtin_speakers["Dummy Alto"]
     poison = VoiceLatents(clean.gpt_cond_latent * 1e20, clean.speaker_embedding * 1e20)
 

@@ -28,7 +28,7 @@ from services.engine.precision import (
 from services.engine.tts import TTSEngine
 from services.engine.vocoder import IncrementalVocoder
 from services.errors import ModelUnavailable
-from tests.conftest import BUILTIN_SPEAKER, app_client, app_settings
+from tests.conftest import BUILTIN_SPEAKER, TINY_APP_AUDIO_TOKENS, app_client, app_settings
 from tests.engine_runs import tokens_of
 
 TEXTS = ["the first sentence of a longer text.", "a second one follows it here.", "and a third ends it."]
@@ -98,16 +98,13 @@ def test_float16_on_the_cpu_is_refused_at_start_up() -> None:
         load_model(ModelChoice(dummy="tiny", use_cpu=True, gpt_precision="float16"))
 
 
-def test_the_server_streams_with_an_int8_gpt(tiny_loaded: LoadedModel, tmp_path: Path) -> None:
-    model = copy.deepcopy(tiny_loaded.model)
-    apply_gpt_precision(model.gpt, "int8", torch.device("cpu"))
-    loaded = LoadedModel(model, "dummy:tiny", True, torch.device("cpu"), 0.0, gpt_precision="int8")
-    engine = TTSEngine(loaded)
+def test_the_server_streams_with_an_int8_gpt(tiny_int8_loaded: LoadedModel, tmp_path: Path) -> None:
+    engine = TTSEngine(tiny_int8_loaded)
     try:
-        with app_client(engine, app_settings(tmp_path)) as client:
+        with app_client(engine, app_settings(tmp_path, MAX_AUDIO_TOKENS=TINY_APP_AUDIO_TOKENS)) as client:
             model = client.get("/health").json()["model"]
             assert (model["gpt_precision"], model["gpt_precision_reason"]) == ("int8", "set")
-            assert model["cpu"] == loaded.cpu
+            assert model["cpu"] == tiny_int8_loaded.cpu
             body = {"text": "Hello there.", "language": "en", "speaker_id": BUILTIN_SPEAKER, "seed": 1}
             first, second = client.post("/tts_stream", json=body), client.post("/tts_stream", json=body)
             assert first.status_code == 200 and len(first.content) > 44 + 4800

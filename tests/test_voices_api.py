@@ -285,7 +285,7 @@ def test_voice_survives_restart_and_leftovers_are_cleaned(
     assert "not-a-voice" in caplog.text  # warned, not crashed
 
 
-@pytest.mark.parametrize("frames", [1, 7, 60])
+@pytest.mark.parametrize("frames", [1, 60])  # one frame, and more than the 32 of coqui's perceiver
 def test_latents_of_any_frame_count_speak_and_save(tiny_client: TestClient, frames: int) -> None:
     """coqui's server reshapes latents to (-1, 1024): clones made without its perceiver carry N != 32 frames."""
     rng = np.random.default_rng(frames)
