@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     ALLOWED_HOSTS)."""
     PORT: int = Field(8000, ge=1, le=65535)
     """TCP port uvicorn listens on."""
+    WYOMING_PORT: int | None = Field(None, ge=1, le=65535)
+    """TCP port for the Wyoming protocol (Home Assistant) on HOST, beside HTTP; unset: no Wyoming server. It has no
+    authentication."""
+    WYOMING_ZEROCONF: bool = False
+    """Advertise the Wyoming server on the LAN by mDNS (`_wyoming._tcp.local.`) so Home Assistant discovers it."""
     DEBUG: bool = False
     """Debug logging, including per-chunk timings."""
     NUM_THREADS: int = Field(default_factory=_physical_cores, ge=1, le=1024)

@@ -26,6 +26,7 @@ from api.middleware.request_counting import RequestCountMiddleware
 from api.middleware.upload_limit import UploadLimitMiddleware
 from api.routes import router
 from api.state import AppState, ModelServices, XttsApiState, attach
+from api.wyoming.server import WyomingServer
 from config import Settings, get_settings
 from services.admission import AdmissionGate
 from services.cache import SpeakerCache
@@ -169,6 +170,10 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = _build_state(settings, peers)
         attach(app, state)
+        # Wyoming (Home Assistant) beside HTTP, on the same state; it answers "loading" until the model is ready
+        wyoming = WyomingServer(state) if settings.WYOMING_PORT is not None else None
+        if wyoming is not None:
+            await wyoming.start()
         owned_engine: Engine | None = None  # shut down here; an engine passed in belongs to its caller
 
         async def bring_up() -> None:
@@ -200,8 +205,12 @@ def create_app(
             starting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await starting
+            if wyoming is not None:  # its requests get the grace HTTP streams got while uvicorn waited for them
+                await wyoming.drain()
             for stream in state.sessions.live():
                 stream.cancel(SHUTTING_DOWN)
+            if wyoming is not None:  # after the cancels: its sessions record the shutdown, not a client leaving
+                await wyoming.stop()
             # Streams whose response task uvicorn cancelled close in the background: let them record their
             # outcome (and log it) while the model thread can still let go of them.
             if not await state.sessions.wait_all_finished(timeout_s=5.0):
@@ -245,6 +254,12 @@ def create_app(
 
 
 def _warn_if_exposed(settings: Settings, keys_on: bool) -> None:
+    if settings.WYOMING_PORT is not None and not _is_loopback(settings.HOST):
+        logger.warning(
+            "Wyoming listens on %s:%d with no authentication (the protocol has none): anyone who can reach that port "
+            "can speak with every voice; let only Home Assistant reach it (see README, Home Assistant)",
+            settings.HOST, settings.WYOMING_PORT,
+        )  # fmt: skip
     if not keys_on and not _is_loopback(settings.HOST):
         logger.warning(
             "listening on %s with no API keys: anyone who can reach port %d can use the server and delete "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
@@ -38,6 +39,10 @@ class LoadInfo(BaseModel):
     decoding: int = Field(description="Streams in the decoding batch now (paused slow readers included).")
     max_batch_size: int = Field(description="MAX_BATCH_SIZE: streams decoded together at most.")
     batch_steps: int = Field(description="Batched decode steps since start.")
+    live_by_family: dict[str, int] = Field(
+        default_factory=dict,
+        description="Sessions queued or generating now, by the API they came through (http, websocket, wyoming).",
+    )
 
 
 class Health(BaseModel):
@@ -80,6 +85,7 @@ async def health(state: StateDep) -> Health:
             decoding=engine.scheduler.running if engine is not None else 0,
             max_batch_size=engine.scheduler.limits.max_batch_size if engine is not None else 0,
             batch_steps=engine.scheduler.steps if engine is not None else 0,
+            live_by_family=dict(Counter(stream.session.family for stream in state.sessions.live())),
         ),
         warning="DUMMY_MODEL is set: random weights, the audio is noise, not speech" if dummy else None,
         replica=state.peers.replica,

@@ -50,6 +50,8 @@ class ConversationConfig:
     sample_rate: int = OUTPUT_SAMPLE_RATE
     owner: str | None = None
     """The API key (its id) the sessions belong to."""
+    family: str = "websocket"
+    """The API the conversation came through: every segment's session says so (StreamSession.family)."""
 
 
 @dataclass(frozen=True)
@@ -227,7 +229,9 @@ class Conversation:
         session_id = f"{self.id}-{self.segments_opened}"  # never the same twice, whatever the context and turn
         self.segments_opened += 1
         segment.open(
-            self.speech, SpeechJob(segment.text, config.language, config.voice, options, session_id, config.owner)
+            self.speech, SpeechJob(
+                segment.text, config.language, config.voice, options, session_id, config.owner, config.family
+            )
         )
         return segment
 

@@ -91,7 +91,10 @@ class Metrics:
             "xtts_http_requests", "HTTP requests by route and status.", ["method", "route", "status"],
             registry=self.registry,
         )  # fmt: skip
-        self.streams = Counter("xtts_streams", "Synthesis sessions by outcome.", ["outcome"], registry=self.registry)
+        self.streams = Counter(
+            "xtts_streams", "Synthesis sessions by outcome and API family (http, websocket, wyoming).",
+            ["outcome", "family"], registry=self.registry,
+        )  # fmt: skip
         self.ttfa = Histogram(
             "xtts_time_to_first_audio_seconds", "From request to the first audio chunk.", buckets=_LATENCY_BUCKETS,
             registry=self.registry,
@@ -107,7 +110,7 @@ class Metrics:
         self.registry.register(_LiveCollector(figures))
 
     def observe_session(self, session: StreamSession) -> None:
-        self.streams.labels(session.state.value).inc()
+        self.streams.labels(session.state.value, session.family).inc()
         self.audio_seconds.inc(session.audio_seconds)
         if session.first_audio_at is not None:
             self.ttfa.observe(session.first_audio_at - session.created_at)

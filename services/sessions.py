@@ -72,6 +72,8 @@ class StreamSession:
     """The API key (its id, never the key) that started it; None when keys are off."""
     replica: str | None = None
     """The replica that runs it, when the server runs as several (cluster/)."""
+    family: str = "http"
+    """The API that started it: `http`, `websocket` (/v1/tts/ws) or `wyoming` (Home Assistant's protocol)."""
 
     @property
     def finished(self) -> bool:

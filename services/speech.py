@@ -55,6 +55,8 @@ class SpeechJob:
     """A client-proposed session id (already checked against the id pattern)."""
     owner: str | None = None
     """Who asks (an API key's id): only they, or an admin, may read or cancel the session."""
+    family: str = "http"
+    """The API it came through (StreamSession.family): /metrics and /health count sessions by it."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,7 @@ class SpeechService:
             characters=len(job.text),
             chunks_total=len(sentences),
             owner=job.owner,
+            family=job.family,
         )
         session.add_timing("latents", latents_s)
         stream = SpeechStream(
