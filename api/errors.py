@@ -24,6 +24,7 @@ MESSAGE_LIMIT = 1000
 """Characters of an error message: each value it quotes is clipped shorter (services.errors.echoed), this bounds
 the rest."""
 XTTS_API_PREFIX = "/xtts-api/"
+ELEVENLABS_PREFIXES = ("/v1/text-to-speech/", "/v1/voices")
 
 # Every ServiceError the server raises, by class; RetryLater's also carry Retry-After (headers_for).
 STATUS_BY_ERROR: dict[type[errors.ServiceError], int] = {
@@ -69,6 +70,17 @@ class XttsApiErrorBody(ErrorBody):
     detail: str = Field(description="The message again, where FastAPI's default puts it.")
 
 
+class ElevenLabsErrorDetail(BaseModel):
+    status: str = Field(description="Machine-readable error code.", examples=["voice_not_found"])
+    message: str
+
+
+class ElevenLabsErrorBody(BaseModel):
+    """Errors of ElevenLabs' routes (/v1/text-to-speech, /v1/voices), in ElevenLabs' shape."""
+
+    detail: ElevenLabsErrorDetail
+
+
 class OpenAIError(BaseModel):
     message: str
     type: str = Field(examples=["invalid_request_error"])
@@ -104,6 +116,7 @@ def error_responses(model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
 ERROR_RESPONSES = error_responses(ErrorBody)
 OPENAI_ERROR_RESPONSES = error_responses(OpenAIErrorBody)
 XTTS_API_ERROR_RESPONSES = error_responses(XttsApiErrorBody)
+ELEVENLABS_ERROR_RESPONSES = error_responses(ElevenLabsErrorBody)
 
 
 class ErrorJSONResponse(JSONResponse):
@@ -167,8 +180,11 @@ def headers_for(error: errors.ServiceError) -> dict[str, str] | None:
 def error_response(
     path: str, status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    """Our error schema; under /v1/ OpenAI's, so its client libraries raise their usual errors."""
+    """Our error schema; under /v1/ OpenAI's, so its client libraries raise their usual errors (ElevenLabs' on
+    its routes)."""
     message = clipped(message, MESSAGE_LIMIT)
+    if path.startswith(ELEVENLABS_PREFIXES):
+        return ErrorJSONResponse({"detail": {"status": code, "message": message}}, status_code=status, headers=headers)
     if path.startswith(OPENAI_PREFIX):
         param = details.get("param") if isinstance(details, dict) else None
         if isinstance(details, list) and details:

@@ -18,7 +18,7 @@ from api.speech_jobs import options_of
 from models.inputs import OPENAI_VOICES, OpenAISpeechRequest
 from services.encoders import AudioEncoder
 from services.errors import ModelNotFound, echoed
-from services.formats import MEDIA_TYPES
+from services.formats import MEDIA_TYPES, default_rate
 from services.language import detect_language
 from services.speech import SpeechJob
 
@@ -86,7 +86,7 @@ async def speech(
     """Errors come in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`."""
     if body.model not in MODEL_IDS:
         raise ModelNotFound(f"the model {echoed(body.model)} does not exist; see /v1/models", param="model")
-    encoder = AudioEncoder(body.response_format)
+    encoder = AudioEncoder(body.response_format, default_rate(body.response_format))
     language = body.language
     if language is None:
         language = await anyio.to_thread.run_sync(detect_language, body.input, settings.DEFAULT_LANGUAGE)

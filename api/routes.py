@@ -2,8 +2,21 @@
 
 from fastapi import APIRouter
 
-from api import demo, observability, openai_compat, sessions, speech, system, tts_socket, voices, xtts_api_server
+from api import (
+    demo,
+    elevenlabs,
+    observability,
+    openai_compat,
+    sessions,
+    speech,
+    system,
+    tts_socket,
+    voices,
+    xtts_api_server,
+)
 
 router = APIRouter()
-for area in (speech, openai_compat, tts_socket, xtts_api_server, voices, sessions, system, observability, demo):
+for area in (
+    speech, openai_compat, elevenlabs, tts_socket, xtts_api_server, voices, sessions, system, observability, demo,
+):  # fmt: skip
     router.include_router(area.router)

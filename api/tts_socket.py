@@ -45,17 +45,27 @@ DRAIN_POLL_S = 0.1  # how soon a socket sees that the server has begun to drain 
 
 @router.websocket("/v1/tts/ws")
 async def tts_socket(websocket: WebSocket) -> None:
+    if (state := await accept_when_ready(websocket)) is not None:
+        await Socket(websocket, state).serve()
+
+
+async def accept_when_ready(websocket: WebSocket) -> AppState | None:
+    """Accept the handshake; the state if the model is serving, else None after closing with 1013."""
     state = app_state(websocket.app)
     await websocket.accept()
     if state is None or state.model is None or state.status == "draining":
         reason = "the server is shutting down" if state and state.status == "draining" else "the model is not ready"
         await websocket.close(code=CloseCode.TRY_AGAIN_LATER, reason=f"{reason}; try again shortly")
-        return
-    await Socket(websocket, state).serve()
+        return None
+    return state
 
 
 class Socket:
-    """One connection: client frames become conversation calls, the conversation's output becomes frames."""
+    """One connection: client frames become conversation calls, the conversation's output becomes frames.
+
+    The socket API is this class; a wire is `configure` (what starts a conversation), `on_message` (a client
+    frame as conversation calls) and `frames` (the conversation's output as frames): this module's wire below,
+    ElevenLabs' in api/elevenlabs/socket.py."""
 
     def __init__(self, websocket: WebSocket, state: AppState) -> None:
         self.websocket = websocket
@@ -68,13 +78,17 @@ class Socket:
     async def send(self, item: Event | bytes | ServiceError) -> None:
         async with self.send_lock:
             try:
-                if isinstance(item, bytes):
-                    await self.websocket.send_bytes(item)
-                    return
-                event = socket_error_event(item) if isinstance(item, ServiceError) else item
-                await self.websocket.send_text(json.dumps(event, ensure_ascii=True))
+                for frame in self.frames(item):
+                    if isinstance(frame, bytes):
+                        await self.websocket.send_bytes(frame)
+                    else:
+                        await self.websocket.send_text(json.dumps(frame, ensure_ascii=True))
             except WebSocketDisconnect as gone:
                 raise ClientGone(gone.code) from gone
+
+    def frames(self, item: Event | bytes | ServiceError) -> list[Event | bytes]:
+        """What the client gets for one item of the conversation's output: here, the item itself."""
+        return [socket_error_event(item) if isinstance(item, ServiceError) else item]
 
     async def serve(self) -> None:
         """Configure, then read and speak until `close`, an error that ends the socket, the client leaving, or a
@@ -129,7 +143,7 @@ class Socket:
         settings = self.state.settings
         config = ConversationConfig(
             message.language, voice_of(message), options_of(message, message.seed), message.output_format,
-            message.sample_rate, self.caller.key_id,
+            message.sample_rate, self.caller.key_id, timings=message.timings,
         )  # fmt: skip
         limits = ConversationLimits(settings.MAX_TEXT_LENGTH, settings.WS_MAX_WAIT_SECONDS)
         conversation = Conversation(self.id, model.speech, config, limits, self.send)
@@ -142,11 +156,14 @@ class Socket:
             raw = await self.receive_text(conversation)
             self.drain_if_stopping(conversation)  # now, not at the next poll: text after SIGTERM is refused
             try:
-                await self.handle(conversation, parse_socket_message(raw))
+                await self.on_message(conversation, raw)
             except ServiceError as error:
                 if socket_close_for(error, configured=True) is not None:
                     raise
                 await self.send(error)
+
+    async def on_message(self, conversation: Conversation, raw: str) -> None:
+        await self.handle(conversation, parse_socket_message(raw))
 
     async def handle(self, conversation: Conversation, message: SocketMessage) -> None:
         if isinstance(message, SocketConfig):

@@ -20,7 +20,7 @@ from models.generation import GenerationOptions, IgnoredOptions, from_text, opti
 from services.engine.languages import XTTS_LANGUAGES
 from services.engine.pcm import OUTPUT_SAMPLE_RATE
 from services.errors import InvalidInput, clipped, echoed
-from services.formats import OUTPUT_FORMATS, OutputFormat, format_problem
+from services.formats import OUTPUT_FORMATS, TELEPHONY_FORMATS, OutputFormat, default_rate, format_problem
 from services.ids import ID_PATTERN
 
 _LANGUAGE_ALIASES = {"zh": "zh-cn", "zh-hans": "zh-cn", "zh_cn": "zh-cn"}
@@ -95,14 +95,19 @@ class VoiceAndFormat(IgnoredOptions, GenerationOptions):
         None, description="Speaker embedding, 512 floats (coqui's /clone_speaker output)."
     )
     output_format: OutputFormat = Field(
-        "wav", description="wav, pcm (16-bit little-endian mono), mp3, opus (in Ogg), aac (ADTS) or flac."
+        "wav",
+        description="wav, pcm (16-bit little-endian mono), mp3, opus (in Ogg), aac (ADTS), flac, or G.711 for "
+        "telephony: ulaw (mu-law) or alaw, a byte a sample, no header, at 8 kHz unless sample_rate says otherwise.",
     )
     sample_rate: int = Field(
-        OUTPUT_SAMPLE_RATE, description=f"Output sample rate: 8000-48000 (XTTS makes {OUTPUT_SAMPLE_RATE})."
+        OUTPUT_SAMPLE_RATE,
+        description=f"Output sample rate: 8000-48000 (XTTS makes {OUTPUT_SAMPLE_RATE}; ulaw and alaw default to 8000).",
     )
 
     @model_validator(mode="after")
     def _format_and_rate(self) -> Self:
+        if self.output_format in TELEPHONY_FORMATS and "sample_rate" not in self.model_fields_set:
+            self.sample_rate = default_rate(self.output_format)
         if problem := format_problem(self.output_format, self.sample_rate):
             raise ValueError(problem)
         return self
@@ -134,6 +139,18 @@ class SpeechRequest(VoiceAndFormat):
         None, description="Propose the session id (else one is made; see /stream_status); a duplicate is 409."
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _embedded_body(cls, data: object) -> object:
+        """`{"request": {...}, "options": {...}}`: FastAPI's embedded form of a route with two body models, as
+        coqui's xtts-streaming-server test client posts it; its fields are this body's."""
+        if isinstance(data, dict) and "request" in data and set(data) <= {"request", "options"}:
+            request, options = data["request"], data.get("options") or {}
+            if not isinstance(request, dict) or not isinstance(options, dict):
+                raise ValueError('"request" and "options" must be JSON objects')
+            return {**request, **options}
+        return data
+
     @field_validator("stream_chunk_size", mode="before")
     @classmethod
     def _coquis_text(cls, value: object) -> object:
@@ -149,7 +166,14 @@ class SocketConfig(VoiceAndFormat):
     (`output_format` defaults to pcm here: 16-bit mono, no header)."""
 
     type: Literal["config"]
-    output_format: OutputFormat = Field("pcm", description="pcm, wav, mp3, opus, aac or flac; each segment whole.")
+    output_format: OutputFormat = Field(
+        "pcm", description="pcm, wav, mp3, opus, aac, flac, ulaw or alaw; each segment whole."
+    )
+    timings: bool = Field(
+        False,
+        description="Send a `timings` event before each piece of audio: the characters heard in it, with their start "
+        "times and durations in ms from that piece's start.",
+    )
 
 
 class SocketText(BaseModel):
@@ -228,7 +252,9 @@ class SaveVoiceRequest(BaseModel):
     overwrite: bool = Field(False, description="Replace an existing voice with this id instead of answering 409.")
 
 
-OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "onyx", "nova", "sage", "shimmer", "verse")
+OPENAI_VOICES = (
+    "alloy", "ash", "ballad", "coral", "echo", "fable", "onyx", "nova", "sage", "shimmer", "verse", "marin", "cedar",
+)  # fmt: skip
 
 
 class OpenAISpeechRequest(BaseModel):
@@ -244,7 +270,9 @@ class OpenAISpeechRequest(BaseModel):
         description="A saved voice id, a built-in speaker, or an OpenAI voice name mapped by OPENAI_VOICE_MAP.",
     )
     response_format: OutputFormat = Field(
-        "mp3", description=f"One of {', '.join(OUTPUT_FORMATS)}; pcm is 16-bit little-endian mono at 24 kHz."
+        "mp3",
+        description=f"One of {', '.join(OUTPUT_FORMATS)}; pcm is 16-bit little-endian mono at 24 kHz; ulaw and "
+        "alaw (G.711, for telephony) at 8 kHz.",
     )
     speed: float = option("speed")
     language: Language | None = Field(

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import anyio
 
+from services.char_timings import SpeakingRate
 from services.engine.pcm import OUTPUT_SAMPLE_RATE
 from services.errors import InvalidInput, NotReady
 from services.formats import OutputFormat
@@ -52,6 +53,8 @@ class ConversationConfig:
     """The API key (its id) the sessions belong to."""
     family: str = "websocket"
     """The API the conversation came through: every segment's session says so (StreamSession.family)."""
+    timings: bool = False
+    """Send a `timings` event (the characters heard, with their times) before each piece of audio."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,7 @@ class Conversation:
         self.speaking: Segment | None = None
         self.next_up: Segment | None = None
         self.segments_opened = 0  # every segment of the conversation: the session ids' counter
+        self.rate = SpeakingRate()  # how fast this voice speaks: the character timings' pace
         self.closing = False
         self.draining = False
         self._cut_off: asyncio.TimerHandle | None = None
@@ -190,7 +194,9 @@ class Conversation:
                 continue
             if self.next_up is None and (upcoming := self._take_next()) is not None:
                 self.next_up = self._open(upcoming)
-            await play(self.speaking, self.send, self.config.output_format, self.config.sample_rate)
+            config = self.config
+            rate = self.rate if config.timings else None
+            await play(self.speaking, self.send, config.output_format, config.sample_rate, rate, config.options.speed)
             self.speaking = None
 
     async def _tick(self) -> None:

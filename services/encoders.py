@@ -17,7 +17,8 @@ from av.container import OutputContainer
 
 from services.engine.pcm import CHANNELS, OUTPUT_SAMPLE_RATE, SAMPLE_WIDTH_BYTES
 from services.errors import InvalidInput
-from services.formats import MEDIA_TYPES, OutputFormat, format_problem
+from services.formats import MEDIA_TYPES, OutputFormat, default_rate, format_problem
+from services.g711 import linear_to_alaw, linear_to_mulaw
 
 # container, codec and bit rate (speech-friendly) of the formats FFmpeg encodes
 _CODECS: dict[str, tuple[str, str, int | None]] = {
@@ -26,6 +27,8 @@ _CODECS: dict[str, tuple[str, str, int | None]] = {
     "aac": ("adts", "aac", 96_000),
     "flac": ("flac", "flac", None),
 }
+# G.711 companders: 16-bit PCM in, a byte a sample out (after resampling; the phone network's 8 kHz by default)
+_COMPANDERS = {"ulaw": linear_to_mulaw, "alaw": linear_to_alaw}
 # A streamed WAV's length is unknown when its header goes out: the largest sizes tell players to
 # read until the connection ends (what ffmpeg and browsers do with such streams).
 _UNKNOWN_SIZE = 0xFFFFFFFF
@@ -71,7 +74,8 @@ class _MemorySink:
 class AudioEncoder:
     """Encodes one stream. Not thread-safe; call it from one thread at a time, in order."""
 
-    def __init__(self, output_format: OutputFormat, sample_rate: int = OUTPUT_SAMPLE_RATE) -> None:
+    def __init__(self, output_format: OutputFormat, sample_rate: int | None = None) -> None:
+        sample_rate = default_rate(output_format) if sample_rate is None else sample_rate  # ulaw, alaw: 8 kHz
         check_format(output_format, sample_rate)
         self.output_format = output_format
         self.sample_rate = sample_rate
@@ -115,8 +119,13 @@ class AudioEncoder:
         """Encoded bytes for this PCM chunk (possibly empty while an encoder fills a frame)."""
         frames = self._frames(pcm)
         if self._container is None:
-            return b"".join(bytes(frame.planes[0])[: frame.samples * 2] for frame in frames) if self._resampler else pcm
+            linear = b"".join(bytes(frame.planes[0])[: frame.samples * 2] for frame in frames)
+            return self._compand(linear if self._resampler else pcm)
         return self._mux(frames)
+
+    def _compand(self, linear: bytes) -> bytes:
+        compander = _COMPANDERS.get(self.output_format)
+        return compander(linear) if compander is not None else linear
 
     def finish(self) -> bytes:
         """Flush the encoder and close the container; the last bytes of the stream."""
@@ -126,7 +135,7 @@ class AudioEncoder:
             tail = (
                 self._mux(flushed)
                 if self._container
-                else b"".join(bytes(frame.planes[0])[: frame.samples * 2] for frame in flushed)
+                else self._compand(b"".join(bytes(frame.planes[0])[: frame.samples * 2] for frame in flushed))
             )
         if self._container is None or self._stream is None or self._sink is None:
             return tail

@@ -11,6 +11,7 @@ from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
+from services.char_timings import CharTimeline, CharTimings, SpeakingRate
 from services.encoders import AudioEncoder
 from services.engine.pcm import pcm_seconds
 from services.errors import ServiceError
@@ -108,9 +109,17 @@ class Segment:
         await self.close_chunks()
 
 
-async def play(segment: Segment, send: Send, output_format: OutputFormat, sample_rate: int) -> None:
+async def play(
+    segment: Segment,
+    send: Send,
+    output_format: OutputFormat,
+    sample_rate: int,
+    rate: SpeakingRate | None = None,
+    speed: float = 1.0,
+) -> None:
     """Send a segment to the client: `audio_start`, its audio (a whole file in `output_format`), `audio_end`; or
-    the error that lost it."""
+    the error that lost it. With a speaking `rate`, each piece of audio follows a `timings` event: the characters
+    heard in it (services/char_timings.py; a later segment of a turn starts with the space between sentences)."""
     turn = segment.turn
     opening = segment.opening
     assert opening is not None
@@ -128,6 +137,9 @@ async def play(segment: Segment, send: Send, output_format: OutputFormat, sample
         return
     stream = opening.result()
     encoder = AudioEncoder(output_format, sample_rate)
+    timeline = None
+    if rate is not None:
+        timeline = CharTimeline(segment.text if segment.index == 0 else " " + segment.text, rate, speed)
     await send({
         "type": "audio_start", "context_id": turn.context_id, "segment": segment.index, "text": segment.text,
         "offset_s": round(turn.audio_seconds, 3), "session_id": stream.session.id,
@@ -139,8 +151,17 @@ async def play(segment: Segment, send: Send, output_format: OutputFormat, sample
                 if turn.cleared:
                     break
                 turn.audio_seconds += pcm_seconds(len(pcm))
-                await _send_audio(send, stream, await encode_chunk(encoder, stream, encoder.encode, pcm))
+                if timeline is not None:
+                    pcm, timings = timeline.take(pcm)
+                    await _send_timings(send, segment, timings)
+                if pcm:
+                    await _send_audio(send, stream, await encode_chunk(encoder, stream, encoder.encode, pcm))
             if stream.complete and not turn.cleared:
+                if timeline is not None:
+                    pcm, timings = timeline.finish()
+                    await _send_timings(send, segment, timings)
+                    if pcm:
+                        await _send_audio(send, stream, await encode_chunk(encoder, stream, encoder.encode, pcm))
                 await _send_audio(send, stream, await encode_chunk(encoder, stream, encoder.finish))
         except ClientGone:
             stream.cancel(CLIENT_GONE)  # a cancel, not a failure of the stream
@@ -151,6 +172,14 @@ async def play(segment: Segment, send: Send, output_format: OutputFormat, sample
     if not stream.complete:
         end["interrupted"] = True
     await send(end)
+
+
+async def _send_timings(send: Send, segment: Segment, timings: CharTimings | None) -> None:
+    if timings is not None:
+        await send({
+            "type": "timings", "context_id": segment.turn.context_id, "segment": segment.index,
+            "chars": timings.chars, "char_start_times_ms": timings.start_ms, "char_durations_ms": timings.duration_ms,
+        })  # fmt: skip
 
 
 async def _send_audio(send: Send, stream: SpeechStream, data: bytes) -> None:

@@ -2,7 +2,8 @@
 
 Routes read the caller it sets through `api.deps.CallerDep`.
 
-Keys come as `Authorization: Bearer <key>` (what OpenAI's clients send) or `X-API-Key: <key>`. They are
+Keys come as `Authorization: Bearer <key>` (what OpenAI's clients send), `X-API-Key: <key>` or `xi-api-key: <key>`
+(ElevenLabs' clients: Pipecat, LiveKit). They are
 compared in constant time, and only a key's id (a hash prefix) is ever kept, shown or logged: it names
 the owner of the sessions a key starts.
 """
@@ -52,6 +53,7 @@ def presented_key(headers: dict[bytes, bytes]) -> str | None:
     if scheme.lower() == "bearer" and credentials.strip():
         return credentials.strip()
     api_key = headers.get(b"x-api-key", b"").decode("latin-1").strip()
+    api_key = api_key or headers.get(b"xi-api-key", b"").decode("latin-1").strip()  # ElevenLabs' clients
     return api_key or None
 
 
