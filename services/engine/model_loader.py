@@ -14,6 +14,7 @@ import torch
 from TTS.tts.configs.xtts_config import XttsConfig
 from TTS.tts.models.xtts import Xtts
 
+from services.engine.gpt_kernels import GptKernel
 from services.engine.hardware import auto_gpt_precision, cpu_features
 from services.engine.precision import GptPrecision, VocoderPrecision, apply_gpt_precision, apply_vocoder_precision
 from services.engine.vocoder import fold_weight_norm, use_waveform_decoder
@@ -62,6 +63,10 @@ class LoadedModel:
     vocoder_backend: VocoderBackend = "torch"
     vocoder_reason: str = "set"
     """Why the vocoder runs on its backend and in its precision: `set`, or what `auto` saw."""
+    gpt_kernels: GptKernel = "torch-float32"
+    """What runs the GPT blocks' linear layers (gpt_kernels.GptKernel), e.g. `openvino-int8`."""
+    gpt_kernels_reason: str = ""
+    """Why those kernels (for int8: what the CPU and the installed runtimes offer)."""
 
 
 def pick_device(use_cpu: bool) -> torch.device:
@@ -125,7 +130,7 @@ def load_model(choice: ModelChoice) -> LoadedModel:
     model.to(device)
     model.eval()
     try:
-        apply_gpt_precision(model.gpt, gpt_precision, device)
+        kernels = apply_gpt_precision(model.gpt, gpt_precision, device)
     except ValueError as error:
         raise ModelUnavailable(str(error)) from error
     vocoder = _load_vocoder(model, choice, device)
@@ -135,6 +140,7 @@ def load_model(choice: ModelChoice) -> LoadedModel:
     )  # fmt: skip
     if gpt_reason != "set":
         logger.info("GPT precision %s: %s", gpt_precision, gpt_reason)
+    logger.info("GPT kernels %s: %s", kernels.kernel, kernels.reason)
     return LoadedModel(
         model=model,
         source=source,
@@ -147,6 +153,8 @@ def load_model(choice: ModelChoice) -> LoadedModel:
         cpu=cpu_features().summary,
         vocoder_backend=vocoder.backend,
         vocoder_reason=vocoder.reason,
+        gpt_kernels=kernels.kernel,
+        gpt_kernels_reason=kernels.reason,
     )
 
 

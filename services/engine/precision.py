@@ -20,6 +20,9 @@ from transformers.pytorch_utils import Conv1D
 from TTS.tts.layers.xtts.gpt import GPT
 from TTS.tts.layers.xtts.hifigan_decoder import HifiDecoder
 
+from services.engine import gpt_kernels
+from services.engine.gpt_kernels import GptKernel, KernelChoice
+
 GptPrecision = Literal["float32", "bfloat16", "float16", "int8"]
 VocoderPrecision = Literal["float32", "bfloat16"]
 _FLOAT_TYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -34,13 +37,27 @@ def _conv1d_as_linear(conv: Conv1D) -> nn.Linear:
     return linear
 
 
-def apply_gpt_precision(gpt: GPT, precision: GptPrecision, device: torch.device) -> None:
-    """Convert the GPT's transformer blocks in place (call once, after loading, before any generation)."""
+def apply_gpt_precision(
+    gpt: GPT, precision: GptPrecision, device: torch.device, kernel: GptKernel | None = None
+) -> KernelChoice:
+    """Convert the GPT's transformer blocks in place (call once, after loading, before any generation).
+
+    For int8 the kernel is chosen here, by what this machine has (gpt_kernels.choose_int8_kernel), unless
+    `kernel` names one. Returns the kernel the blocks' linear layers now run on, and why.
+    """
     if precision == "float32":
-        return
+        return KernelChoice("torch-float32", "float32 weights through torch")
     transformer = gpt.gpt
     if precision == "int8" and device.type != "cpu":
         raise ValueError("GPT_PRECISION=int8 runs on the CPU only; on a GPU use float16 or bfloat16")
+    if precision == "int8":
+        choice = _int8_kernel(kernel)
+        unsupported = gpt_kernels.supports_openvino(transformer) if choice.kernel != "torch-rowwise-int8" else None
+        if unsupported is not None:
+            choice = KernelChoice("torch-rowwise-int8", f"{unsupported}; {choice.reason}")
+        if choice.kernel == "openvino-int8":
+            gpt_kernels.apply_openvino(transformer, bits=8)
+            return choice
     # Quantization only knows nn.Linear, and oneDNN's bfloat16 kernels behind F.linear beat addmm on the
     # transposed Conv1D layout (measured: 75 vs 98 ms a token, full size, 2 cores).
     for block in transformer.h:
@@ -59,12 +76,28 @@ def apply_gpt_precision(gpt: GPT, precision: GptPrecision, device: torch.device)
                 for name, child in list(owner.named_children()):
                     if isinstance(child, DynamicQuantizedLinear):
                         setattr(owner, name, RowwiseQuantizedLinear(child))
-        return
+        return choice
     dtype = _FLOAT_TYPES[precision]
     transformer.to(dtype)
     # XTTS replaces GPT-2's position embeddings with a function returning float32 zeros, which would
     # promote every block's input back to float32: make its zeros the blocks' dtype.
     transformer.wpe = _NullPositions(transformer.embed_dim, dtype)
+    return KernelChoice(f"torch-{precision}", f"{precision} weights through torch")  # type: ignore[arg-type]
+
+
+def _int8_kernel(kernel: GptKernel | None) -> KernelChoice:
+    """The int8 kernel named, or the one this machine runs fastest (OpenVINO where it can, else torch's)."""
+    if kernel is not None:
+        if kernel not in ("openvino-int8", "torch-rowwise-int8"):
+            raise ValueError(f"{kernel} is not an int8 kernel")
+        missing = gpt_kernels.openvino_missing() if kernel == "openvino-int8" else None
+        if missing is not None:
+            raise ValueError(f"the {kernel} kernel cannot run here: {missing}")
+        return KernelChoice(kernel, "named")
+    from services.engine.hardware import cpu_features  # hardware imports this module
+
+    cpu = cpu_features()
+    return gpt_kernels.choose_int8_kernel(cpu.int8_dot_products, cpu.summary)
 
 
 class RowwiseQuantizedLinear(nn.Module):
