@@ -21,6 +21,7 @@ import httpx
 
 from bench.cases import CASES, REPETITION_PENALTY, SPEAKER
 from bench.engine_vs_stock import engine_first_chunk, median_run
+from bench.wyoming_client import wyoming_first_audio
 from config import Settings
 from services.engine.tts import TTSEngine
 
@@ -123,6 +124,12 @@ def http_first_audio(url: str, text: str, seed: int) -> float:
     return time.perf_counter() - started
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 class _ServerThread:
     """This server (create_app with the benchmark's own engine) in a thread, so HTTP and in-process
     figures come from one process, one model and one warm-up."""
@@ -132,11 +139,9 @@ class _ServerThread:
 
         from main import create_app
 
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
+        port, self.wyoming_port = _free_port(), _free_port()
         settings = Settings(
-            DUMMY_MODEL=size, HOST="127.0.0.1", PORT=port, MAX_AUDIO_TOKENS=max_tokens,
+            DUMMY_MODEL=size, HOST="127.0.0.1", PORT=port, WYOMING_PORT=self.wyoming_port, MAX_AUDIO_TOKENS=max_tokens,
             MAX_CONCURRENT_REQUESTS=max(concurrency, 1), VOICES_DIR=Path(tempfile.mkdtemp()) / "voices",
         )  # fmt: skip
         self.url = f"http://127.0.0.1:{port}"
@@ -168,7 +173,7 @@ def over_http(
     text, tokens = CASES["short"]
     tokens = min(tokens, max_tokens)
     voice = engine.builtin_speakers[SPEAKER]
-    with _ServerThread(engine, size, tokens, max(levels)) as url:
+    with (server := _ServerThread(engine, size, tokens, max(levels))) as url:
         http_stream(url, text, 0)  # warm
         loop = asyncio.new_event_loop()
         client = HttpClientProcess()
@@ -202,6 +207,20 @@ def over_http(
         print(
             f"  websocket: first audio {ttfa['websocket']['socket_s']:.3f} s after the sentence's end vs "
             f"/tts_stream {ttfa['websocket']['tts_stream_s']:.3f} s", flush=True,
+        )  # fmt: skip
+        wyoming_runs, post_runs = [], []
+        for seed in range(1, ttfa_repeats + 1):  # alternating, same sentence and seed, Home Assistant's request
+            wyoming_runs.append(wyoming_first_audio(server.wyoming_port, one_sentence, SPEAKER, seed))
+            post_runs.append(http_first_audio(url, one_sentence, seed))
+        ttfa["wyoming"] = {
+            "wyoming_s": statistics.median(wyoming_runs),
+            "tts_stream_s": statistics.median(post_runs),
+            "difference_ms": (statistics.median(wyoming_runs) - statistics.median(post_runs)) * 1000,
+            "runs": ttfa_repeats,
+        }
+        print(
+            f"  wyoming: first audio {ttfa['wyoming']['wyoming_s']:.3f} s after `synthesize` vs "
+            f"/tts_stream {ttfa['wyoming']['tts_stream_s']:.3f} s", flush=True,
         )  # fmt: skip
         single = median_run([http_stream(url, text, seed) for seed in range(1, repeats + 1)])
         concurrency = {}

@@ -354,3 +354,20 @@ def test_the_readme_check_speaks_to_a_wav(wyoming: Wyoming, tmp_path: object) ->
     assert done.returncode == 0, done.stderr
     assert "voices" in done.stdout and "first audio after" in done.stdout
     assert open(out, "rb").read(4) == b"RIFF"
+
+
+def test_a_seeded_synthesize_says_what_tts_stream_says_with_that_seed(wyoming: Wyoming, saved_voice: str) -> None:
+    text = "The same sentence, twice. Once more."
+
+    async def run() -> Answer:
+        async with wyoming.connect() as client:
+            request = Synthesize(text=text, voice=SynthesizeVoice(name=saved_voice)).event()
+            request.data["seed"] = 7  # this server's extension (make bench compares with /tts_stream by it)
+            await client.write_event(request)
+            return await read_until(client, "audio-stop")
+
+    over_wyoming = asyncio.run(run()).audio
+    with wyoming.live.client() as http:
+        body = {"text": text, "language": "en", "speaker_id": saved_voice, "seed": 7, "add_wav_header": False}
+        over_http = http.post("/tts_stream", json=body).content
+    assert len(over_wyoming) > 0 and over_wyoming == over_http
