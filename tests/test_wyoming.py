@@ -9,63 +9,22 @@ import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from wyoming.audio import AudioChunk, AudioStart, AudioStop
-from wyoming.client import AsyncTcpClient
 from wyoming.error import Error
 from wyoming.event import Event
 from wyoming.info import Describe, Info
 from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeVoice
 
-from services.engine.text import Sentence
-from tests.conftest import REPO, LiveServer, app_settings, free_port, live_server, wait_for
-from tests.fakes import FakeEngine
+from tests.conftest import REPO
+from tests.wyoming_client import Answer, RecordingEngine, Wyoming, assert_paired_audio, describe, read_until, start
 
 pytestmark = pytest.mark.live
 
 SAVED = "kitchen-voice"
 GERMAN = "Guten Morgen, wie geht es dir heute? Das Wetter ist schön und die Sonne scheint."
-
-
-class RecordingEngine(FakeEngine):
-    """The fake engine, noting each text it was asked to speak and in which language."""
-
-    def __init__(self, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
-        self.planned: list[tuple[str, str]] = []
-
-    async def plan(self, text: str, language: str, split: bool) -> list[Sentence]:
-        self.planned.append((text, language))
-        return await super().plan(text, language, split)
-
-
-@dataclass
-class Wyoming:
-    live: LiveServer
-    port: int
-
-    @property
-    def engine(self) -> RecordingEngine:
-        assert isinstance(self.live.engine, RecordingEngine)
-        return self.live.engine
-
-    @asynccontextmanager
-    async def connect(self) -> AsyncIterator[AsyncTcpClient]:
-        async with AsyncTcpClient("127.0.0.1", self.port) as client:
-            yield client
-
-
-@contextmanager
-def start(tmp_path: object, engine: RecordingEngine, **settings: object) -> Iterator[Wyoming]:
-    port = free_port()
-    values = app_settings(tmp_path, WYOMING_PORT=port, MAX_TEXT_LENGTH=300, **settings)  # type: ignore[arg-type]
-    with live_server(engine, values) as live:
-        yield Wyoming(live, port)
 
 
 @pytest.fixture(scope="module")
@@ -82,54 +41,6 @@ def saved_voice(wyoming: Wyoming) -> str:
         body = {**latents, "name": "Kitchen", "description": "cloned for the kitchen", "overwrite": True}
         assert http.post(f"/save_voice/{SAVED}", json=body).status_code == 201
     return SAVED
-
-
-@dataclass
-class Answer:
-    events: list[tuple[float, Event]] = field(default_factory=list)
-
-    def of(self, *types: str) -> list[Event]:
-        return [event for _, event in self.events if event.type in types]
-
-    def first_at(self, event_type: str) -> float:
-        return next(at for at, event in self.events if event.type == event_type)
-
-    @property
-    def audio(self) -> bytes:
-        return b"".join(AudioChunk.from_event(event).audio for event in self.of("audio-chunk"))
-
-
-async def read_until(client: AsyncTcpClient, *last: str, answer: Answer | None = None, timeout_s: float = 30) -> Answer:
-    answer = answer or Answer()
-    async with asyncio.timeout(timeout_s):
-        while True:
-            event = await client.read_event()
-            assert event is not None, "the server closed the connection"
-            answer.events.append((time.monotonic(), event))
-            if event.type in last:
-                return answer
-
-
-async def describe(client: AsyncTcpClient) -> Info:
-    await client.write_event(Describe().event())
-    return Info.from_event((await read_until(client, "info")).of("info")[0])
-
-
-def assert_paired_audio(answer: Answer) -> None:
-    """Every audio-start has exactly one audio-stop before the next start, in Wyoming's format."""
-    open_audio = False
-    for _, event in answer.events:
-        if AudioStart.is_type(event.type):
-            assert not open_audio
-            start = AudioStart.from_event(event)
-            assert (start.rate, start.width, start.channels) == (24000, 2, 1)
-            open_audio = True
-        elif AudioChunk.is_type(event.type):
-            assert open_audio
-        elif AudioStop.is_type(event.type):
-            assert open_audio
-            open_audio = False
-    assert not open_audio
 
 
 def test_describe_lists_saved_voices_and_speakers_with_every_language_and_follows_http(wyoming: Wyoming) -> None:
@@ -277,72 +188,6 @@ def test_health_and_metrics_count_wyoming_sessions(wyoming: Wyoming, saved_voice
         streams = next(family for family in families if family.name == "xtts_streams")
     completed = [s.value for s in streams.samples if s.labels == {"outcome": "completed", "family": "wyoming"}]
     assert completed and completed[0] >= 1
-
-
-def test_a_client_that_leaves_mid_sentence_frees_its_slot(tmp_path_factory: pytest.TempPathFactory) -> None:
-    engine = RecordingEngine(chunks_per_sentence=200, chunk_delay_s=0.05)
-    with start(tmp_path_factory.mktemp("leaving"), engine, MAX_CONCURRENT_REQUESTS=1) as server:
-
-        async def leave_while_queued() -> int:
-            voice = SynthesizeVoice(name="Dummy Bass")
-            async with server.connect() as holder:
-                await holder.write_event(Synthesize(text="Holding the slot.", voice=voice).event())
-                await read_until(holder, "audio-chunk")
-                async with server.connect() as queued:
-                    await queued.write_event(Synthesize(text="Waiting.", voice=voice).event())
-                    with server.live.client() as http:
-                        wait_for(lambda: http.get("/health").json()["requests"]["queued"] == 1, what="queued")
-                with server.live.client() as http:  # it left: out of the queue at once, not at QUEUE_TIMEOUT
-                    wait_for(
-                        lambda: http.get("/health").json()["requests"]["queued"] == 0, timeout_s=3, what="unqueued"
-                    )
-                    return int(http.get("/health").json()["requests"]["in_flight"])
-
-        assert asyncio.run(leave_while_queued()) in {0, 1}
-
-        async def leave_after_first_chunk() -> None:
-            async with server.connect() as client:
-                await client.write_event(
-                    Synthesize(text="A long sentence.", voice=SynthesizeVoice(name="Dummy Bass")).event()
-                )
-                await read_until(client, "audio-chunk")
-
-        asyncio.run(leave_after_first_chunk())
-        with server.live.client() as http:
-            wait_for(lambda: http.get("/health").json()["requests"]["in_flight"] == 0, timeout_s=10, what="slot freed")
-            made = engine.chunks_made
-            assert made < 50  # the model stopped within a chunk or so, not after 200
-            wait_for(lambda: 'outcome="cancelled"' in http.get("/metrics").text, timeout_s=5, what="cancel recorded")
-
-
-def test_a_full_server_answers_an_error_event_not_a_wait(tmp_path_factory: pytest.TempPathFactory) -> None:
-    engine = RecordingEngine(chunks_per_sentence=100, chunk_delay_s=0.05)
-    settings = {"MAX_CONCURRENT_REQUESTS": 1, "MAX_QUEUE_SIZE": 0}
-    with start(tmp_path_factory.mktemp("full"), engine, **settings) as server:
-
-        async def run() -> tuple[Event, Answer, Info]:
-            voice = SynthesizeVoice(name="Dummy Bass")
-            async with server.connect() as holder, server.connect() as client:
-                await holder.write_event(Synthesize(text="Holding the only slot.", voice=voice).event())
-                await read_until(holder, "audio-chunk")
-                await client.write_event(Synthesize(text="Me too.", voice=voice).event())
-                refused = (await read_until(client, "error", "audio-start", timeout_s=5)).events[-1][1]
-                await client.write_event(SynthesizeStart(voice=voice).event())
-                await client.write_event(SynthesizeChunk(text="A sentence. And another").event())
-                await client.write_event(SynthesizeStop().event())
-                streamed = await read_until(client, "synthesize-stopped", timeout_s=5)
-                return refused, streamed, await describe(client)
-
-        refused, streamed, info = asyncio.run(run())
-        assert refused.type == "error" and Error.from_event(refused).code == "overloaded"
-        assert "slots are busy" in Error.from_event(refused).text
-        assert [Error.from_event(event).code for event in streamed.of("error")] == ["overloaded", "overloaded"]
-        assert streamed.of("audio-start") == [] and info.tts
-        with server.live.client() as http:
-            assert (
-                'family="wyoming",outcome="failed"' in http.get("/metrics").text
-                or "failed" in http.get("/metrics").text
-            )
 
 
 def test_the_readme_check_speaks_to_a_wav(wyoming: Wyoming, tmp_path: object) -> None:

@@ -52,7 +52,9 @@ async def check(host: str, port: int, text: str, voice: str | None, out: str) ->
         print("no audio came back", file=sys.stderr)
         return 1
     with wave.open(out, "wb") as wav:
-        wav.setframerate(start.rate), wav.setsampwidth(start.width), wav.setnchannels(start.channels)
+        wav.setframerate(start.rate)
+        wav.setsampwidth(start.width)
+        wav.setnchannels(start.channels)
         wav.writeframes(bytes(audio))
         seconds = wav.getnframes() / start.rate
     print(f"first audio after {first_audio_s:.3f} s; {seconds:.2f} s of audio written to {out}")
