@@ -78,6 +78,12 @@ def print_tables(report: dict) -> None:
                 f"sentence vs {socket_ttfa['tts_stream_s']:.3f} s after POST /tts_stream "
                 f"({socket_ttfa['difference_ms']:+.0f} ms, median of {socket_ttfa['runs']})"
             )
+        if wyoming_ttfa := ttfa.get("wyoming"):
+            print(
+                f"  wyoming: first audio {wyoming_ttfa['wyoming_s']:.3f} s after `synthesize` vs "
+                f"{wyoming_ttfa['tts_stream_s']:.3f} s after POST /tts_stream "
+                f"({wyoming_ttfa['difference_ms']:+.0f} ms, median of {wyoming_ttfa['runs']})"
+            )
         for level, row in http["concurrency"].items():
             print(
                 f"  {level} concurrent: {row['audio_s_per_wall_s']:.2f} audio s per wall s, "
