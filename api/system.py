@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from api.deps import EngineDep, ModelDep, StateDep
 from api.errors import ERROR_RESPONSES
 from api.state import ServerStatus
+from api.studio_speakers import studio_speakers_json
 
 router = APIRouter(tags=["server"], responses=ERROR_RESPONSES)
 
@@ -125,4 +126,6 @@ async def available_speakers(engine: EngineDep) -> list[str]:
     },
 )
 async def studio_speakers(model: ModelDep) -> Response:
-    return Response(model.studio_speakers_json, media_type="application/json")
+    """Built-in speakers, then saved voices (what Pipecat's XTTSService picks its voice from)."""
+    body = await studio_speakers_json(model.voices, model.studio_speakers_json)
+    return Response(body, media_type="application/json")

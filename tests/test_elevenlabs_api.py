@@ -21,7 +21,11 @@ from tests.fakes import FakeEngine
 pytestmark = pytest.mark.app
 TEXT = "Hello there, how are you today?"
 VOICE = BUILTIN_SPEAKER.replace(" ", "%20")
-MULTI = f"/v1/text-to-speech/{VOICE}/multi-stream-input?model_id=eleven_flash_v2_5&output_format=pcm_24000&auto_mode=false"
+MULTI = (
+    f"/v1/text-to-speech/{VOICE}/multi-stream-input"
+    "?model_id=eleven_flash_v2_5&output_format=pcm_24000&auto_mode=false"
+)
+
 
 
 @pytest.fixture(scope="module")
@@ -183,3 +187,12 @@ def test_small_client_fixes(client: TestClient) -> None:
     response = client.post("/tts_stream", json={"text": TEXT, "language": "en", "speaker_id": BUILTIN_SPEAKER,
                                                 "output_format": "alaw"})  # fmt: skip
     assert response.headers["x-sample-rate"] == "8000" and len(response.content) == pytest.approx(6400, abs=32)
+
+
+def test_studio_speakers_list_saved_voices_and_follow_their_changes(client: TestClient) -> None:
+    latents = client.get("/studio_speakers").json()["Dummy Tenor"]
+    assert client.post("/save_voice/pipecat-clone", json=latents).status_code == 201
+    speakers = client.get("/studio_speakers").json()
+    assert speakers["pipecat-clone"] == latents and "Dummy Tenor" in speakers  # same shape as a built-in
+    client.delete("/saved_voices/pipecat-clone")
+    assert "pipecat-clone" not in client.get("/studio_speakers").json()
