@@ -24,6 +24,7 @@ from services.engine.vocoder import (
     IncrementalVocoder,
     TorchWaveformDecoder,
     WaveformDecoder,
+    decode_together,
     waveform_decoder_of,
 )
 from services.engine.vocoder_backends import (
@@ -146,6 +147,44 @@ def test_chunks_widen_to_the_decoders_frame_bucket_with_frames_already_decoded(
     # the first chunk starts the sentence (nothing to widen with); after it, all bucketed
     assert recorder.lengths[0] > DECODER_CONTEXT_FRAMES
     assert all(length % bucket == 0 for length in recorder.lengths[1:]), recorder.lengths
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("precision", sorted(BOUNDS))
+def test_chunks_decoded_together_are_each_what_it_makes_alone(
+    tiny_loaded: LoadedModel, openvino_decoders: dict[str, OpenVinoWaveformDecoder], precision: str
+) -> None:
+    """Three streams (other voices, other latents) whose chunks fall due in the same step share one call."""
+    decoder, waveform = tiny_loaded.model.hifigan_decoder, openvino_decoders[precision]
+    speakers = tiny_loaded.model.speaker_manager.speakers
+    embeddings = [speakers[name]["speaker_embedding"] for name in sorted(speakers)]
+    generator = torch.Generator().manual_seed(3)
+    latents = [torch.randn(1, 30, 1024, generator=generator) for _ in embeddings]
+
+    def run(together: bool) -> tuple[list[torch.Tensor], int]:
+        recorder = RecordingDecoder(waveform)
+        vocoders = [IncrementalVocoder(decoder, embedding, waveform=recorder) for embedding in embeddings]
+        outputs: list[list[torch.Tensor]] = [[] for _ in vocoders]
+        for index in range(30):
+            final = index == 29
+            for vocoder, sequence in zip(vocoders, latents, strict=True):
+                vocoder.push(sequence[:, index])
+            due = [(vocoder, final) for vocoder in vocoders if final or vocoder.pending_frames() >= 20]
+            if not due:
+                continue
+            if together:
+                chunks = decode_together(due)
+            else:
+                chunks = [vocoder.finish() if final else vocoder.decode_ready() for vocoder, final in due]
+            for (vocoder, _), chunk in zip(due, chunks, strict=True):
+                outputs[vocoders.index(vocoder)].append(chunk)
+        return [torch.cat(chunks) for chunks in outputs], len(recorder.lengths)
+
+    with torch.inference_mode():
+        (alone, calls_alone), (together, calls_together) = run(False), run(True)
+    assert calls_together * len(embeddings) == calls_alone >= 3 * len(embeddings)
+    for single, batched in zip(alone, together, strict=True):
+        assert snr_db(batched, single) > (90 if precision == "float32" else 40)
 
 
 def test_auto_picks_what_the_cpu_allows() -> None:

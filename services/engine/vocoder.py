@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import weakref
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -147,18 +148,31 @@ class IncrementalVocoder:
 
     def decode_ready(self) -> torch.Tensor:
         """Waveform ([samples]) for every frame settled so far and not yet emitted."""
-        settled = self._settled_frames()
-        stop = settled - DECODER_CONTEXT_FRAMES
-        if stop <= self._emitted_frames:
-            return self._empty()
-        return self._decode(stop, available=settled, input_length=None)
+        return decode_together([(self, False)])[0]
 
     def finish(self) -> torch.Tensor:
         """Waveform for the rest of the sentence, once the last latent has been pushed."""
-        total = self._total_frames(len(self._latents))
-        if total <= self._emitted_frames:
-            return self._empty()
-        return self._decode(total, available=total, input_length=len(self._latents))
+        return decode_together([(self, True)])[0]
+
+    def _window(self, final: bool) -> _Window | None:
+        """The frames the next chunk needs (None: nothing to emit); marks them emitted."""
+        if final:
+            stop = available = self._total_frames(len(self._latents))
+            input_length: int | None = len(self._latents)
+        else:
+            available = self._settled_frames()
+            stop, input_length = available - DECODER_CONTEXT_FRAMES, None
+        start = self._emitted_frames
+        if stop <= start:
+            return None
+        window_start = max(0, start - DECODER_CONTEXT_FRAMES)
+        window_stop = min(available, stop + DECODER_CONTEXT_FRAMES)
+        bucket = self._waveform.frame_bucket
+        if bucket > 1:  # widen to a frame count the decoder has kernels for, with frames already decoded
+            window_start = max(0, window_stop - -(-(window_stop - window_start) // bucket) * bucket)
+        self._emitted_frames = stop
+        frames = self._frames(window_start, window_stop, input_length)
+        return _Window(self, frames, start - window_start, stop - window_start)
 
     def _empty(self) -> torch.Tensor:
         return torch.zeros(0, device=self._speaker_embedding.device)
@@ -174,19 +188,6 @@ class IncrementalVocoder:
         for stage in self._stages:
             count = stage.output_length(count)
         return count
-
-    def _decode(self, stop: int, available: int, input_length: int | None) -> torch.Tensor:
-        start = self._emitted_frames
-        window_start = max(0, start - DECODER_CONTEXT_FRAMES)
-        window_stop = min(available, stop + DECODER_CONTEXT_FRAMES)
-        bucket = self._waveform.frame_bucket
-        if bucket > 1:  # widen to a frame count the decoder has kernels for, with frames already decoded
-            window_start = max(0, window_stop - -(-(window_stop - window_start) // bucket) * bucket)
-        frames = self._frames(window_start, window_stop, input_length)
-        wav = self._waveform(frames[None], self._speaker_embedding)[0, 0]
-        hop = wav.shape[-1] // frames.shape[-1]
-        self._emitted_frames = stop
-        return wav[(start - window_start) * hop : (stop - window_start) * hop]
 
     def _frames(self, start: int, stop: int, input_length: int | None) -> torch.Tensor:
         """Decoder input frames [C, stop - start], resampled from the latents as HifiDecoder.forward does."""
@@ -207,3 +208,40 @@ class IncrementalVocoder:
             return left_values * (1.0 - weight) + right_values * weight
 
         return values(len(self._stages), start, stop)
+
+
+@dataclass
+class _Window:
+    """One chunk's decoder input [C, T] and the frames of it to keep, [keep_from, keep_to)."""
+
+    vocoder: IncrementalVocoder
+    frames: torch.Tensor
+    keep_from: int
+    keep_to: int
+
+
+def decode_together(chunks: list[tuple[IncrementalVocoder, bool]]) -> list[torch.Tensor]:
+    """The next chunk of each vocoder (`True`: its `finish()`, else its `decode_ready()`), in order.
+
+    Chunks of the same frame count whose vocoders share a waveform decoder go through it in one call
+    ([B, C, T]): OpenVINO's bf16 kernels cost less per chunk in a batch (bench/vocoder_backends.py). Each
+    chunk is what its vocoder would have made alone, to float rounding.
+    """
+    results: list[torch.Tensor | None] = [None] * len(chunks)
+    groups: dict[tuple[int, int], list[tuple[int, _Window]]] = {}
+    for index, (vocoder, final) in enumerate(chunks):
+        window = vocoder._window(final)
+        if window is None:
+            results[index] = vocoder._empty()
+        else:
+            groups.setdefault((id(vocoder._waveform), window.frames.shape[-1]), []).append((index, window))
+    for members in groups.values():
+        waveform = members[0][1].vocoder._waveform
+        frames = torch.stack([window.frames for _, window in members])
+        embeddings = torch.cat([window.vocoder._speaker_embedding.reshape(1, -1, 1) for _, window in members])
+        wavs = waveform(frames, embeddings)[:, 0]
+        hop = wavs.shape[-1] // frames.shape[-1]
+        for row, (index, window) in enumerate(members):
+            results[index] = wavs[row, window.keep_from * hop : window.keep_to * hop]
+    assert all(result is not None for result in results)
+    return results  # type: ignore[return-value]
