@@ -237,6 +237,8 @@ TINY_APP_AUDIO_TOKENS = 12
 def tiny_client(tiny_engine: TTSEngine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     """The app in-process with the tiny random-weight model: real cloning and latents, no subprocess. One for the
     session (its start-up warms the engine up); tests leave the settings they change as they found them."""
-    settings = app_settings(tmp_path_factory.mktemp("tiny"), **SHARED_SETTINGS, MAX_AUDIO_TOKENS=TINY_APP_AUDIO_TOKENS)
+    settings = app_settings(
+        tmp_path_factory.mktemp("tiny"), **SHARED_SETTINGS, MAX_AUDIO_TOKENS=TINY_APP_AUDIO_TOKENS, DUMMY_MODEL="tiny"
+    )  # DUMMY_MODEL: what /health reports (the engine is the one given)
     with app_client(tiny_engine, settings) as client:
         yield client

@@ -31,7 +31,6 @@ MODULE_LAYER = {
     "test_cluster": "cluster",
     "test_cluster_config": "cluster",
     "test_demo_page": "browser",
-    "test_sessions_api": "live",
     "test_socket_keepalive": "live",
     "test_socket_shutdown": "live",
     "test_startup": "live",

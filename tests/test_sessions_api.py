@@ -1,7 +1,8 @@
-"""Stream sessions over real HTTP: status, cancellation, disconnects, overload, readiness and shutdown.
+"""Stream sessions (api/sessions.py): status, cancellation, disconnects, overload and shutdown.
 
 A real uvicorn on 127.0.0.1 serves the fake engine (chunks made at a pace the test sets) for the
-lifecycle; `python run.py` children with the tiny model take the signals.
+lifecycle; `python run.py` children with the tiny model take the signals; what needs neither (unknown and
+proposed session ids) runs in-process.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 
 from tests.conftest import BUILTIN_SPEAKER, LiveServer, Server, app_settings, live_server, start_server, wait_for
 from tests.fakes import FakeEngine
@@ -150,13 +152,15 @@ def test_curl_sees_a_cancelled_stream_as_incomplete_and_a_finished_one_as_comple
     assert status(client, "curl-cancelled")["error"] == "cancelled by request"
 
 
-def test_unknown_session_is_404(client: httpx.Client) -> None:
+def test_unknown_session_is_404(fake_client: TestClient) -> None:
+    client = fake_client
     assert client.get("/stream_status/nope").status_code == 404
     assert client.delete("/stream_cancel/nope").status_code == 404
     assert client.get("/stream_status/bad%20id").status_code == 422
 
 
-def test_client_proposed_session_id_and_duplicates(client: httpx.Client) -> None:
+def test_client_proposed_session_id_and_duplicates(fake_client: TestClient) -> None:
+    client = fake_client
     response = client.post("/tts_stream", json=speech("Short.", session_id="my-session-1"))
     assert response.status_code == 200 and response.headers["x-session-id"] == "my-session-1"
     duplicate = client.post("/tts_stream", json=speech("Short.", session_id="my-session-1"))
@@ -249,23 +253,6 @@ def test_overload_response_is_json_with_retry_after(single_slot: LiveServer) -> 
         for sock in (holder, *queued):
             sock.close()
         wait_for(lambda: client.get("/health").json()["requests"]["in_flight"] == 0, what="release")
-
-
-def test_readiness_is_503_while_loading_then_200(tmp_path: Path) -> None:
-    loaded = threading.Event()
-    engine = FakeEngine(hold_warm_up=loaded)
-    with live_server(engine, app_settings(tmp_path), wait_ready=False) as loading:
-        ready = httpx.get(f"{loading.url}/ready")
-        assert (ready.status_code, ready.json()["status"]) == (503, "loading")
-        assert httpx.get(f"{loading.url}/health").json()["status"] == "loading"
-        early = httpx.post(f"{loading.url}/tts_stream", json=speech("Early."))
-        assert early.status_code == 503 and early.json()["error"] == "not_ready"
-        assert int(early.headers["retry-after"]) >= 1
-        assert engine.jobs_submitted == 0
-        loaded.set()
-        wait_for(lambda: httpx.get(f"{loading.url}/ready").status_code == 200, what="ready")
-        assert httpx.get(f"{loading.url}/ready").json() == {"ready": True, "status": "ready"}
-        assert httpx.post(f"{loading.url}/tts_stream", json=speech("Now.")).status_code == 200
 
 
 def test_a_failure_after_the_first_byte_does_not_look_complete(tmp_path: Path) -> None:
