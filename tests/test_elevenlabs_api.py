@@ -30,7 +30,7 @@ MULTI = (
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    engine = FakeEngine(chunks_per_sentence=4, chunk_seconds=0.2)
+    engine = FakeEngine(chunks_per_sentence=4, chunk_seconds=0.2, chunk_delay_s=0.05)
     settings = app_settings(tmp_path_factory.mktemp("elevenlabs"))
     sentencizer("en")  # loaded once, seconds: not while a test's text waits (WS_MAX_WAIT_SECONDS would cut it)
     with app_client(engine, settings) as running:
@@ -129,7 +129,7 @@ def test_close_context_alone_is_a_barge_in(client: TestClient) -> None:
         messages = receive_until_final(socket)
         assert messages[-1] == {"isFinal": True, "contextId": "a"}
         heard = len(base64.b64decode(first["audio"])) + len(spoken(messages)[0])
-        assert heard < 0.8 * 24000 * 2  # stopped inside the first sentence
+        assert heard < 3 * 0.8 * 24000 * 2  # stopped before the end of its three sentences
         socket.send_json({"text": " ", "context_id": "b"})  # the next reply speaks at once
         socket.send_json({"text": "Yes?", "context_id": "b", "flush": True})
         socket.send_json({"context_id": "b", "close_context": True})
