@@ -1,7 +1,8 @@
 """OpenAI's speech API with the official client, output formats, and /metrics.
 
-The official client talks to a real uvicorn: the tiny model for streaming, the fake engine for formats
-and errors; the format matrix and metrics run in-process with the fake engine.
+The official client streams from `python run.py` with the tiny model (audio long before the end, SSE); for
+formats, errors and the model list it runs in-process on the fake engine's app (its HTTP client is the
+TestClient), as do the format matrix and metrics.
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.audio_checks import assert_pcm_wav, ffprobe
-from tests.conftest import BUILTIN_SPEAKER, SHARED_SETTINGS, LiveServer, Server, app_settings, live_server
-from tests.fakes import FakeEngine
+from tests.conftest import BUILTIN_SPEAKER, Server
 
 TEXT = "Hello there. This is a streaming format test with a couple of sentences to say."
 
@@ -31,15 +31,11 @@ def openai_client(server: Server) -> openai.OpenAI:
 
 
 @pytest.fixture(scope="module")
-def fake_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    with live_server(FakeEngine(), app_settings(tmp_path_factory.mktemp("openai"), **SHARED_SETTINGS)) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def openai_fake(fake_server: LiveServer) -> openai.OpenAI:
-    """The official client against a real uvicorn serving the fake engine."""
-    return openai.OpenAI(base_url=f"{fake_server.url}/v1", api_key="not-needed", max_retries=0, timeout=30)
+def openai_fake(fake_client: TestClient) -> openai.OpenAI:
+    """The official client on the fake engine's app in-process: its HTTP client is the TestClient."""
+    return openai.OpenAI(
+        base_url="http://testserver/v1", api_key="not-needed", max_retries=0, timeout=30, http_client=fake_client
+    )
 
 
 @pytest.fixture(scope="module")
