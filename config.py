@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     """Comma-separated saved voices or built-in speakers to load into the cache at start."""
     VOICES_DIR: Path = Path("./saved_voices")
     """Folder where saved voices are kept (one .safetensors file per voice)."""
+    REFERENCE_AUDIO_DIR: Path | None = None
+    """Folder whose audio files requests may name by path (`audio_file_path`, as the seed's clients send it);
+    unset: any path is refused (403). Paths resolving outside it (symlinks, `..`) are refused too."""
     MAX_TEXT_LENGTH: int = Field(5000, ge=1, le=1_000_000)
     """Characters one request's text may have."""
     MAX_UPLOAD_MB: float = Field(20.0, gt=0, le=1024)
@@ -143,7 +146,9 @@ class Settings(BaseSettings):
     the loopback names and HOST (always allowed); a request for any other `Host` gets 400, which defeats DNS
     rebinding. `*` turns the check off."""
 
-    @field_validator("CUSTOM_MODEL_PATH", "DUMMY_MODEL", "MAX_AUDIO_TOKENS", "API_KEYS_FILE", mode="before")
+    @field_validator(
+        "CUSTOM_MODEL_PATH", "DUMMY_MODEL", "MAX_AUDIO_TOKENS", "API_KEYS_FILE", "REFERENCE_AUDIO_DIR", mode="before"
+    )
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
@@ -153,6 +158,13 @@ class Settings(BaseSettings):
     def _readable_keys_file(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_file():
             raise ValueError("not a readable file")
+        return value
+
+    @field_validator("REFERENCE_AUDIO_DIR")
+    @classmethod
+    def _existing_folder(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError("not a folder")
         return value
 
     @field_validator("ALLOWED_HOSTS")

@@ -38,6 +38,7 @@ from services.engine.tts import TTSEngine
 from services.errors import ModelUnavailable
 from services.metrics import LiveFigures, Metrics
 from services.peers import NO_PEERS, LocalAnswers, Peers, SessionDirectory
+from services.reference_files import ReferenceFolder
 from services.sessions import SHUTTING_DOWN, SessionRegistry, log_session
 from services.speech import SpeechLimits, SpeechService
 from services.utils import configure_logging
@@ -131,7 +132,8 @@ async def _bring_up(state: AppState, engine: Engine) -> None:
     if removed := await anyio.to_thread.run_sync(store.remove_leftovers):
         logger.warning("removed %d half-written files (voices, settings) from %s", removed, settings.VOICES_DIR)
     clone_limits = CloneLimits(settings.MAX_CLONE_FILES, settings.MAX_CLONE_SECONDS)
-    voices = VoiceService(engine, store, state.cache, state.gate, clone_limits)
+    references = ReferenceFolder(settings.REFERENCE_AUDIO_DIR, int(settings.MAX_UPLOAD_MB * 1_000_000))
+    voices = VoiceService(engine, store, state.cache, state.gate, clone_limits, references)
     await voices.preload(settings.preload_voice_ids)
     limits = SpeechLimits(settings.MAX_TEXT_LENGTH, settings.STREAM_FIRST_CHUNK_TOKENS, settings.MAX_AUDIO_TOKENS)
     state.model = ModelServices(

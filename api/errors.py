@@ -34,6 +34,7 @@ STATUS_BY_ERROR: dict[type[errors.ServiceError], int] = {
     errors.HostNotAllowed: 400,
     errors.Unauthorized: 401,
     errors.Forbidden: 403,
+    errors.ServerPathRefused: 403,
     errors.VoiceNotFound: 404,
     errors.ModelNotFound: 404,
     errors.SessionNotFound: 404,
@@ -97,7 +98,8 @@ class OpenAIErrorBody(BaseModel):
 _STATUS_MEANINGS = {
     400: "Bad input (language, text, audio), or a Host that is not in ALLOWED_HOSTS.",
     401: "API keys are on and the request has none, or a wrong one (see WWW-Authenticate).",
-    403: "Not allowed: an admin key is needed, or a state-changing request came from a page on another origin.",
+    403: "Not allowed: an admin key is needed, a state-changing request came from a page on another origin, or "
+    "`audio_file_path` names a file outside REFERENCE_AUDIO_DIR.",
     404: "Unknown voice, speaker, session or route.",
     409: "Conflict (voice exists, session id taken or finished).",
     413: "Request body over MAX_UPLOAD_MB.",

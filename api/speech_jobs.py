@@ -10,14 +10,16 @@ from pydantic import BaseModel
 
 from api.disconnect import open_admitted, until_disconnected
 from models.inputs import VoiceAndFormat
-from services.speech import GivenLatents, SpeechJob, SpeechOptions, SpeechService
+from services.speech import GivenLatents, ReferenceAudio, SpeechJob, SpeechOptions, SpeechService, Voice
 from services.speech_stream import SpeechStream
 
 
-def voice_of(body: VoiceAndFormat) -> str | GivenLatents:
-    """The voice a body names: a speaker id, or the latents it carries."""
+def voice_of(body: VoiceAndFormat) -> Voice:
+    """The voice a body names: a speaker id, the latents it carries, or a reference file on the server."""
     if body.speaker_id is not None:
         return body.speaker_id
+    if body.audio_file_path is not None:
+        return ReferenceAudio(body.audio_file_path)
     # the model's validator has made sure both are there
     assert body.gpt_cond_latent is not None and body.speaker_embedding is not None
     return GivenLatents(body.gpt_cond_latent, body.speaker_embedding)

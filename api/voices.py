@@ -13,6 +13,7 @@ from api.disconnect import until_disconnected
 from api.errors import ERROR_RESPONSES
 from models.inputs import CloneOptions, SaveVoiceRequest
 from services.engine.cloning import CloneSettings
+from services.errors import InvalidInput
 from services.ids import ID_PATTERN
 from services.voice_store import VoiceRecord
 
@@ -75,19 +76,26 @@ async def clone_speaker(
     voices: VoicesDep,
     caller: CallerDep,
     wav_file: Annotated[
-        list[UploadFile],
+        list[UploadFile] | None,
         Form(description="Reference clips (WAV, FLAC, MP3, OGG/Opus, M4A, WebM); several make one voice."),
-    ],
+    ] = None,
     options: Annotated[
         str | None,
         Form(description='JSON, e.g. {"response_format": "save", "save_id": "my-voice", "name": "My voice"}'),
+    ] = None,
+    audio_file_path: Annotated[
+        list[str] | None,
+        Form(description="Instead of wav_file: clips on the server, read only inside REFERENCE_AUDIO_DIR (else 403)."),
     ] = None,
 ) -> Latents | SavedVoiceOut:
     """Clone a voice from reference audio: return its latents (coqui's form) or save it."""
     settings = _parse_options(options)
     if settings.overwrite:
         require_admin(caller, "overwriting a saved voice")
-    uploads = [(upload.filename or f"file{index}", await upload.read()) for index, upload in enumerate(wav_file)]
+    if not wav_file and not audio_file_path:
+        raise RequestValidationError([{"type": "missing", "loc": ("body", "wav_file"), "msg": "Field required"}])
+    if wav_file and audio_file_path:
+        raise InvalidInput("send wav_file or audio_file_path, not both")
     clone_settings = CloneSettings(
         gpt_cond_len=settings.gpt_cond_len,
         gpt_cond_chunk_len=settings.gpt_cond_chunk_len,
@@ -95,8 +103,14 @@ async def clone_speaker(
         sound_norm_refs=settings.sound_norm_refs,
         librosa_trim_db=settings.librosa_trim_db,
     )
+    if audio_file_path:
+        cloning = voices.clone_files(audio_file_path, clone_settings)
+    else:
+        assert wav_file is not None
+        uploads = [(upload.filename or f"file{index}", await upload.read()) for index, upload in enumerate(wav_file)]
+        cloning = voices.clone(uploads, clone_settings)
     # a client that leaves stops the clone between its steps, queued or not
-    latents = await until_disconnected(request, voices.clone(uploads, clone_settings), on_disconnect=lambda: None)
+    latents = await until_disconnected(request, cloning, on_disconnect=lambda: None)
     if settings.response_format == "latents":
         return Latents(**latents.as_lists())
     assert settings.save_id is not None

@@ -94,6 +94,13 @@ class VoiceAndFormat(IgnoredOptions, GenerationOptions):
     speaker_embedding: NestedFloats | None = Field(
         None, description="Speaker embedding, 512 floats (coqui's /clone_speaker output)."
     )
+    audio_file_path: Text | None = Field(
+        None,
+        min_length=1,
+        max_length=4096,
+        description="A reference clip on the server to clone the voice from (the seed's clients send it): read only "
+        "inside REFERENCE_AUDIO_DIR (relative to it, or absolute); without that setting, or outside it, 403.",
+    )
     output_format: OutputFormat = Field(
         "wav",
         description="wav, pcm (16-bit little-endian mono), mp3, opus (in Ogg), aac (ADTS), flac, or G.711 for "
@@ -115,9 +122,13 @@ class VoiceAndFormat(IgnoredOptions, GenerationOptions):
     @model_validator(mode="after")
     def _one_voice(self) -> Self:
         has_latents = self.gpt_cond_latent is not None or self.speaker_embedding is not None
-        if self.speaker_id is not None and has_latents:
-            raise ValueError("give either speaker_id or gpt_cond_latent with speaker_embedding, not both")
-        if self.speaker_id is None and (self.gpt_cond_latent is None or self.speaker_embedding is None):
+        if (self.speaker_id is not None) + has_latents + (self.audio_file_path is not None) > 1:
+            raise ValueError(
+                "give one of speaker_id, gpt_cond_latent with speaker_embedding, or audio_file_path, not several"
+            )
+        if has_latents and (self.gpt_cond_latent is None or self.speaker_embedding is None):
+            raise ValueError("give both gpt_cond_latent and speaker_embedding")
+        if self.speaker_id is None and not has_latents and self.audio_file_path is None:
             raise ValueError("give speaker_id, or both gpt_cond_latent and speaker_embedding")
         return self
 

@@ -31,7 +31,7 @@ from services.errors import InvalidInput, NotReady
 from services.formats import OutputFormat
 from services.segments import CLEARED, Segment, Send, Turn, play
 from services.sessions import SHUTTING_DOWN
-from services.speech import GivenLatents, SpeechJob, SpeechOptions, SpeechService
+from services.speech import SpeechJob, SpeechOptions, SpeechService, Voice
 from services.text_segmenter import TextSegmenter
 
 logger = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class ConversationConfig:
     """How every segment is spoken: the config a conversation starts with."""
 
     language: str
-    voice: str | GivenLatents
+    voice: Voice
     options: SpeechOptions
     """Generation settings; `seed` is a turn's first segment's (segment n gets seed + n)."""
     output_format: OutputFormat = "pcm"

@@ -138,6 +138,12 @@ class Forbidden(ServiceError):
     code = "forbidden"
 
 
+class ServerPathRefused(Forbidden):
+    """A request names a file on the server (`audio_file_path`) outside REFERENCE_AUDIO_DIR, or with none set."""
+
+    code = "server_path_refused"
+
+
 class HostNotAllowed(ServiceError):
     """The request names a `Host` that is not one of the server's (ALLOWED_HOSTS): DNS rebinding, or a name
     the server was not told about."""

@@ -26,6 +26,17 @@ class GivenLatents:
 
 
 @dataclass(frozen=True)
+class ReferenceAudio:
+    """A voice cloned from an audio file on the server (`audio_file_path`): read only inside REFERENCE_AUDIO_DIR."""
+
+    path: str
+
+
+Voice = str | GivenLatents | ReferenceAudio
+"""Whose voice a job speaks in: a saved voice id or built-in speaker name, latents, or a reference file."""
+
+
+@dataclass(frozen=True)
 class SpeechOptions:
     """How to speak: the settings of the API's GenerationOptions (models/generation.py), field for field, with the
     engine's defaults (coqui's); `generation_params` turns them into the engine's settings."""
@@ -48,8 +59,7 @@ class SpeechJob:
 
     text: str
     language: str
-    voice: str | GivenLatents
-    """A saved voice id or built-in speaker name, or latents."""
+    voice: Voice
     options: SpeechOptions = field(default_factory=SpeechOptions)
     session_id: str | None = None
     """A client-proposed session id (already checked against the id pattern)."""
@@ -126,7 +136,7 @@ class SpeechService:
         self.sessions.register(stream)
         return stream
 
-    async def check_voice(self, language: str, voice: str | GivenLatents) -> None:
+    async def check_voice(self, language: str, voice: Voice) -> None:
         """Raise the ServiceError `open` would for this language and voice, holding nothing."""
         self._check_language(language)
         await self._voice(voice)
@@ -137,9 +147,11 @@ class SpeechService:
                 f"this model does not speak {echoed(language)}; it speaks {', '.join(self.engine.languages)}"
             )
 
-    async def _voice(self, voice: str | GivenLatents) -> tuple[VoiceLatents, str]:
+    async def _voice(self, voice: Voice) -> tuple[VoiceLatents, str]:
         if isinstance(voice, str):
             return await self.voices.resolve(voice), voice
+        if isinstance(voice, ReferenceAudio):
+            return await self.voices.clone_files([voice.path]), "(reference file)"
         return self.engine.normalize_latents(voice.gpt_cond_latent, voice.speaker_embedding), "(latents)"
 
 

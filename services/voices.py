@@ -19,6 +19,7 @@ from services.engine.latents import LatentValues, VoiceLatents
 from services.engine.protocol import Engine
 from services.errors import InvalidInput, VoiceNotFound
 from services.ids import is_valid_id
+from services.reference_files import ReferenceFolder
 from services.voice_store import VoiceRecord, VoiceStorage
 
 logger = logging.getLogger(__name__)
@@ -63,12 +64,14 @@ class VoiceService:
         cache: SpeakerCache,
         gate: AdmissionGate | None = None,
         clone_limits: CloneLimits | None = None,
+        references: ReferenceFolder | None = None,
     ) -> None:
         self.engine = engine
         self.store = store
         self.cache = cache
         self.gate = gate
         self.clone_limits = clone_limits or CloneLimits()
+        self.references = references or ReferenceFolder(None, 0)  # REFERENCE_AUDIO_DIR; unset: paths refused
         self._versions: dict[str, Hashable] = {}  # of the file each cached voice came from
 
     async def resolve(self, speaker_id: str) -> VoiceLatents:
@@ -187,6 +190,16 @@ class VoiceService:
                     self.gate.release(time.perf_counter() - started)
 
         return await self.cache.get_or_load(f"clone:{digest.hexdigest()}", compute)
+
+    async def clone_files(self, paths: list[str], settings: CloneSettings | None = None) -> VoiceLatents:
+        """Latents from files named by path (`audio_file_path`): each path checked before anything is read or any
+        model work starts (403 outside REFERENCE_AUDIO_DIR or with none set), then read and cloned as uploads."""
+        for path in paths:
+            self.references.locate(path)
+        if len(paths) > self.clone_limits.max_files:
+            raise InvalidInput(f"{len(paths)} reference files; at most {self.clone_limits.max_files} (MAX_CLONE_FILES)")
+        uploads = [await anyio.to_thread.run_sync(self.references.read, path) for path in paths]
+        return await self.clone(uploads, settings or CloneSettings())
 
     async def preload(self, voice_ids: list[str]) -> int:
         """Load PRELOAD_VOICES into the cache; an unknown name is a warning, not a crash."""

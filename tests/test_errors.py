@@ -32,6 +32,7 @@ WIRE_CODES = {
     errors.NotReady: ("not_ready", 503),
     errors.IdleTimeout: ("idle_timeout", 408),
     errors.UnsupportedData: ("unsupported_data", 415),
+    errors.ServerPathRefused: ("server_path_refused", 403),
 }
 
 
