@@ -20,10 +20,12 @@ from typing import Any
 import httpx
 
 from bench.cases import CASES, REPETITION_PENALTY, SPEAKER
+from bench.elevenlabs_client import elevenlabs_first_audio
 from bench.engine_vs_stock import engine_first_chunk, median_run
 from bench.wyoming_client import wyoming_first_audio
 from config import Settings
 from services.engine.tts import TTSEngine
+from services.speech import SpeechOptions
 
 
 def _speech_body(text: str, seed: int) -> dict[str, Any]:
@@ -89,14 +91,14 @@ def http_stream(url: str, text: str, seed: int) -> dict[str, Any]:
     return {"ttfa_s": first or 0.0, "total_s": total, "audio_s": (received - 44) / 48000, "stages_s": stages}
 
 
-def socket_first_audio(url: str, text: str, seed: int) -> float:
+def socket_first_audio(url: str, text: str, seed: int, repetition_penalty: float = REPETITION_PENALTY) -> float:
     """/v1/tts/ws: seconds from the message that completes the first sentence to its first audio frame (the
     text before it was sent earlier, as an LLM writes it)."""
     from websockets.sync.client import connect
 
     body = _speech_body(text, seed)
     config = {"type": "config", "language": body["language"], "speaker_id": body["speaker_id"], "seed": seed,
-              "repetition_penalty": body["repetition_penalty"],
+              "repetition_penalty": repetition_penalty,
               "output_format": "pcm"}  # fmt: skip
     head, tail = text[:-1], text[-1:] + " And"  # the final punctuation arrives last, with the next word
     with connect(url.replace("http://", "ws://") + "/v1/tts/ws", max_size=None) as socket:
@@ -167,6 +169,27 @@ class _ServerThread:
         self.thread.join(120)
 
 
+def _elevenlabs_vs_socket(url: str, sentence: str, runs: int) -> dict[str, float]:
+    """First audio over ElevenLabs' multi-stream-input vs /v1/tts/ws: same sentence, seed and settings (the
+    ElevenLabs socket takes the server's defaults), alternating; medians."""
+    penalty = SpeechOptions().repetition_penalty
+    elevenlabs_runs, socket_runs = [], []
+    for seed in range(1, runs + 1):
+        elevenlabs_runs.append(elevenlabs_first_audio(url, SPEAKER, sentence, seed))
+        socket_runs.append(socket_first_audio(url, sentence, seed, repetition_penalty=penalty))
+    result = {
+        "elevenlabs_s": statistics.median(elevenlabs_runs),
+        "socket_s": statistics.median(socket_runs),
+        "difference_ms": (statistics.median(elevenlabs_runs) - statistics.median(socket_runs)) * 1000,
+        "runs": runs,
+    }
+    print(
+        f"  elevenlabs: first audio {result['elevenlabs_s']:.3f} s after the sentence's end vs "
+        f"/v1/tts/ws {result['socket_s']:.3f} s", flush=True,
+    )  # fmt: skip
+    return result
+
+
 def over_http(
     engine: TTSEngine, size: str, repeats: int, ttfa_repeats: int, max_tokens: int, levels: list[int]
 ) -> dict:
@@ -222,6 +245,7 @@ def over_http(
             f"  wyoming: first audio {ttfa['wyoming']['wyoming_s']:.3f} s after `synthesize` vs "
             f"/tts_stream {ttfa['wyoming']['tts_stream_s']:.3f} s", flush=True,
         )  # fmt: skip
+        ttfa["elevenlabs"] = _elevenlabs_vs_socket(url, one_sentence, ttfa_repeats)
         single = median_run([http_stream(url, text, seed) for seed in range(1, repeats + 1)])
         concurrency = {}
         for level in levels:

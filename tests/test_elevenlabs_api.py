@@ -196,3 +196,18 @@ def test_studio_speakers_list_saved_voices_and_follow_their_changes(client: Test
     assert speakers["pipecat-clone"] == latents and "Dummy Tenor" in speakers  # same shape as a built-in
     client.delete("/saved_voices/pipecat-clone")
     assert "pipecat-clone" not in client.get("/studio_speakers").json()
+
+
+def test_seed_in_the_query_makes_the_audio_of_the_same_seed_over_http(client: TestClient) -> None:
+    def socket_audio(seed: str) -> bytes:
+        with client.websocket_connect(f"{MULTI}&seed={seed}") as socket:
+            socket.send_json({"text": " ", "context_id": "s"})
+            socket.send_json({"text": "Hi there.", "context_id": "s", "flush": True})
+            socket.send_json({"context_id": "s", "close_context": True})
+            return spoken(receive_until_final(socket))[0]
+
+    body = {"text": "Hi there.", "language": "en", "speaker_id": BUILTIN_SPEAKER, "seed": 7, "output_format": "pcm"}
+    over_http = client.post("/tts_stream", json=body).content
+    assert socket_audio("7") == over_http != socket_audio("8")  # (the bench compares first audio at equal seeds)
+    with client.websocket_connect(f"{MULTI}&seed=-1") as socket:
+        assert "seed must be a whole number" in socket.receive_json()["message"]

@@ -48,6 +48,7 @@ VoiceId = Annotated[str, Path(min_length=1, max_length=256)]
 SINGLE_CONTEXT = "stream-input"
 DEFAULT_INACTIVITY_S = 20  # ElevenLabs' default; its clients keep a socket alive with a message every 10 s
 MAX_INACTIVITY_S = 180
+MAX_SEED = 4294967295  # as the HTTP body's (api/elevenlabs/wire.py)
 _LANGUAGE: TypeAdapter[str] = TypeAdapter(Language)
 
 
@@ -77,6 +78,14 @@ async def stream_input(websocket: WebSocket, voice_id: VoiceId) -> None:
         await ElevenLabsSocket(websocket, state, voice_id, multi=False).serve()
 
 
+def _seed(value: str | None) -> int | None:
+    if not value:
+        return None
+    if not (value.isascii() and value.isdigit()) or int(value) > MAX_SEED:
+        raise InvalidInput(f"seed must be a whole number 0-{MAX_SEED}")
+    return int(value)
+
+
 @dataclasses.dataclass
 class _Context:
     """What the wire keeps of a context: its end of input and close, and whether its alignment has begun."""
@@ -104,7 +113,8 @@ class ElevenLabsSocket(Socket):
         self.segment_started = False  # no timings sent yet for the segment playing
 
     async def configure(self) -> Conversation:
-        """From the handshake's query: `output_format`, `language_code`, `inactivity_timeout`, `auto_mode`
+        """From the handshake's query: `output_format`, `language_code`, `inactivity_timeout`, `auto_mode`, and
+        `seed` (this server's extension, as in the HTTP body: a context's first segment gets it, segment n seed + n)
         (`model_id`, `sync_alignment` and the rest are taken: alignment always comes with the audio)."""
         query = self.websocket.query_params
         audio_format, sample_rate = output_format(query.get("output_format"))
@@ -118,13 +128,14 @@ class ElevenLabsSocket(Socket):
             raise InvalidInput("inactivity_timeout must be a whole number of seconds") from None
         if not 1 <= inactivity <= MAX_INACTIVITY_S:
             raise InvalidInput(f"inactivity_timeout must be 1-{MAX_INACTIVITY_S} seconds")
+        seed = _seed(query.get("seed"))
         self.idle_timeout_s = inactivity
         self.auto_mode = query.get("auto_mode", "false").lower() == "true"
         model = self.state.model
         assert model is not None
         await model.speech.check_voice(language, self.voice_id)
         config = ConversationConfig(
-            language, self.voice_id, SpeechOptions(), audio_format, sample_rate, self.caller.key_id,
+            language, self.voice_id, SpeechOptions(seed=seed), audio_format, sample_rate, self.caller.key_id,
             family="elevenlabs", timings=True,
         )  # fmt: skip
         limits = ConversationLimits(settings.MAX_TEXT_LENGTH, settings.WS_MAX_WAIT_SECONDS)
