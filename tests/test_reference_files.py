@@ -151,3 +151,13 @@ def test_reference_audio_dir_must_be_a_folder(tmp_path: Path) -> None:
         with pytest.raises(ValidationError, match="REFERENCE_AUDIO_DIR"):
             Settings(_env_file=None, REFERENCE_AUDIO_DIR=value)  # type: ignore[call-arg]
     assert Settings(_env_file=None, REFERENCE_AUDIO_DIR="").REFERENCE_AUDIO_DIR is None  # type: ignore[call-arg]
+
+
+def test_the_socket_config_takes_a_path_inside_and_refuses_one_outside(served: Served) -> None:
+    config = {"type": "config", "language": "en", "audio_file_path": "sub/inner.wav"}
+    with served.client.websocket_connect("/v1/tts/ws") as socket:
+        socket.send_json(config)
+        assert socket.receive_json()["type"] == "ready"
+    with served.client.websocket_connect("/v1/tts/ws") as socket:
+        socket.send_json({**config, "audio_file_path": "escape.wav"})
+        assert socket.receive_json()["error"] == "server_path_refused"
