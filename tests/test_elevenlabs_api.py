@@ -22,10 +22,8 @@ pytestmark = pytest.mark.app
 TEXT = "Hello there, how are you today?"
 VOICE = BUILTIN_SPEAKER.replace(" ", "%20")
 MULTI = (
-    f"/v1/text-to-speech/{VOICE}/multi-stream-input"
-    "?model_id=eleven_flash_v2_5&output_format=pcm_24000&auto_mode=false"
+    f"/v1/text-to-speech/{VOICE}/multi-stream-input?model_id=eleven_flash_v2_5&output_format=pcm_24000&auto_mode=false"
 )
-
 
 
 @pytest.fixture(scope="module")

@@ -243,4 +243,3 @@ class ElevenLabsSocket(Socket):
         if self.multi and context_id is not None:
             message["contextId"] = context_id
         return message
-
