@@ -84,6 +84,12 @@ def print_tables(report: dict) -> None:
                 f"{wyoming_ttfa['tts_stream_s']:.3f} s after POST /tts_stream "
                 f"({wyoming_ttfa['difference_ms']:+.0f} ms, median of {wyoming_ttfa['runs']})"
             )
+        if elevenlabs_ttfa := ttfa.get("elevenlabs"):
+            print(
+                f"  elevenlabs multi-stream-input: first audio {elevenlabs_ttfa['elevenlabs_s']:.3f} s after the text "
+                f"that ends the first sentence vs {elevenlabs_ttfa['socket_s']:.3f} s on /v1/tts/ws "
+                f"({elevenlabs_ttfa['difference_ms']:+.0f} ms, median of {elevenlabs_ttfa['runs']})"
+            )
         for level, row in http["concurrency"].items():
             print(
                 f"  {level} concurrent: {row['audio_s_per_wall_s']:.2f} audio s per wall s, "
