@@ -41,5 +41,6 @@ async def studio_speakers_json(voices: VoiceService, builtin_json: bytes) -> byt
         builtin = json.dumps(kept).encode()[1:-1]  # rare (a voice saved under a built-in's name): made per call
     return b"{" + b",".join([builtin, *parts] if builtin else parts) + b"}"
 
+
 def _version(record: VoiceRecord) -> _Version:
     return record.voice_id, record.created_at, record.size_bytes

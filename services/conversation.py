@@ -235,9 +235,8 @@ class Conversation:
         session_id = f"{self.id}-{self.segments_opened}"  # never the same twice, whatever the context and turn
         self.segments_opened += 1
         segment.open(
-            self.speech, SpeechJob(
-                segment.text, config.language, config.voice, options, session_id, config.owner, config.family
-            )
+            self.speech,
+            SpeechJob(segment.text, config.language, config.voice, options, session_id, config.owner, config.family),
         )
         return segment
 

@@ -33,7 +33,9 @@ router = APIRouter(
 )
 
 VoiceId = Annotated[str, Path(min_length=1, max_length=256, description="A saved voice id or a built-in speaker.")]
-_AUDIO = {200: {"content": {media_type: {} for media_type in MEDIA_TYPES.values()}, "description": "The audio."}}
+_AUDIO: dict[int | str, dict[str, Any]] = {
+    200: {"content": {media_type: {} for media_type in MEDIA_TYPES.values()}, "description": "The audio."}
+}
 
 
 async def _job(body: ElevenLabsSpeechRequest, voice_id: str, settings: Settings, caller_key: str | None) -> SpeechJob:

@@ -32,7 +32,17 @@ def output_format(value: str | None) -> tuple[OutputFormat, int]:
             "ulaw_8000, alaw_8000, mp3_<rate>_<kbps>, opus_48000_<kbps> or wav_<rate>",
             param="output_format",
         )
-    return {"pcm": "pcm", "ulaw": "ulaw", "alaw": "alaw", "mp3": "mp3", "opus": "opus", "wav": "wav"}[kind], rate
+    return _FORMATS[kind], rate
+
+
+_FORMATS: dict[str, OutputFormat] = {
+    "pcm": "pcm",
+    "ulaw": "ulaw",
+    "alaw": "alaw",
+    "mp3": "mp3",
+    "opus": "opus",
+    "wav": "wav",
+}
 
 
 class VoiceSettings(BaseModel):
