@@ -123,7 +123,11 @@ def main() -> None:
     args = parser.parse_args()
     max_tokens = 37 if args.size == "tiny" else 600  # the tiny model stops at 40 - 3
     print(f"benchmarking dummy {args.size} on {pick_device(False)}", flush=True)
-    engine = TTSEngine.start(model_choice(Settings(DUMMY_MODEL=args.size)))  # as the server runs it
+    # against coqui's stock float32 paths: the reference precision and vocoder (bench/cpu_speed.py runs the defaults)
+    reference = Settings(
+        DUMMY_MODEL=args.size, GPT_PRECISION="float32", VOCODER_BACKEND="torch", VOCODER_PRECISION="float32"
+    )
+    engine = TTSEngine.start(model_choice(reference))
     loaded = engine.loaded
     engine.warm_up()
     stock = engine.thread.submit(  # as coqui ships it (weight norm not folded)

@@ -171,6 +171,11 @@ def start_server(tmp_path: Path, wait_ready: bool = True, **env_overrides: str) 
         "VOICES_DIR": str(tmp_path / "voices"),
         "PYTHONUNBUFFERED": "1",
         "SHUTDOWN_TIMEOUT": "5",
+        # the reference path, quick to start: the CPU defaults (auto: OpenVINO kernels, compiled at load) are
+        # started by tests/test_startup.py::test_default_settings_run_the_fast_cpu_paths
+        "GPT_PRECISION": "float32",
+        "VOCODER_BACKEND": "torch",
+        "VOCODER_PRECISION": "float32",
     }
     env.update(env_overrides)
     log_path = tmp_path / f"server-{port}.log"

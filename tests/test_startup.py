@@ -16,7 +16,8 @@ from main import batch_limits
 from services.engine.dummy_model import build_dummy_xtts, dummy_config
 from services.engine.model_loader import ModelChoice, load_model
 from services.errors import ModelUnavailable
-from tests.conftest import REPO, Server, free_port
+from tests.audio_checks import assert_pcm_wav
+from tests.conftest import REPO, Server, free_port, start_server
 
 
 def run_server_briefly(env: dict[str, str], timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
@@ -100,3 +101,22 @@ def test_start_up_logs_no_truncation_warning(server: Server) -> None:
     assert "warm-up generation took" in log
     assert "character limit" not in log
     assert "noise, not speech" in log or "noise not speech" in log  # DUMMY_MODEL's random weights are said at start-up
+
+
+def test_default_settings_run_the_fast_cpu_paths(tmp_path: Path) -> None:
+    """`python run.py` as a new user starts it: GPT_PRECISION, VOCODER_BACKEND and VOCODER_PRECISION on auto pick
+    int8 and OpenVINO on a CPU, say so in /health and the log, and speak."""
+    server = start_server(tmp_path, GPT_PRECISION="auto", VOCODER_BACKEND="auto", VOCODER_PRECISION="auto")
+    try:
+        with server.client() as client:
+            model = client.get("/health").json()["model"]
+            assert model["gpt_precision"] == "int8" and model["gpt_precision_reason"].startswith("auto on the CPU")
+            assert model["vocoder_backend"] == "openvino" and model["vocoder_reason"].startswith("auto")
+            assert model["vocoder_precision"] in ("bfloat16", "float32")
+            body = {"text": "Hello there.", "language": "en", "speaker_id": "Dummy Alto", "seed": 3}
+            response = client.post("/tts_stream", json=body)
+        assert response.status_code == 200
+        assert_pcm_wav(response.content)  # 24 kHz, 16-bit, mono, not silent
+        assert "vocoder: openvino" in server.log()
+    finally:
+        server.stop()
