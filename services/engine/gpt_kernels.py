@@ -11,8 +11,10 @@ activations quantized to int8 on the fly per token, in groups of 128 inputs
 (DYNAMIC_QUANTIZATION_GROUP_SIZE): a row's numbers depend on that row alone, so a stream in a batch is
 computed exactly as alone (tests/test_gpt_kernels.py). Under OpenVINO's default bf16 inference hint it
 does not quantize activations, and compressed weights run 1.6-2.4x slower, so the hint is f32.
-Measured on 2 Xeon cores (AMX), 30 blocks at full size (bench/gpt_kernels.py has the figures): the
-linear layers of a step 2-4x faster than torch's rowwise int8 at 1-8 rows, and prefill too.
+Measured on 2 shared Xeon cores (AMX), full size, whole decode step at 300 cached positions
+(bench/reference/full-cpu-2cores-gpt-kernels.json): with OMP_WAIT_POLICY=PASSIVE about as fast as torch's
+rowwise int8 at 1 and 8 rows, 20% faster at 4 rows and in prefill, 45 against 40 dB SNR to float32,
+compiled in half the time; with torch's OpenMP threads spinning (the default) 2.5-4x faster at 1 row.
 
 `torch-rowwise-int8`: precision.RowwiseQuantizedLinear through torch.ao's fbgemm kernels, the fallback
 where OpenVINO is not installed or the CPU lacks int8 dot products (VNNI/AMX), which its dynamic

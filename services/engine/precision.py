@@ -4,8 +4,10 @@ At batch 1 every decode step reads all of the GPT's weights, so their size sets 
 cores, 60 linear layers of 1024x4096: fp32 60 ms, bf16 35 ms, int8 7.4 ms). Only the transformer blocks
 change precision: the embeddings, the final norms, the heads that make logits, the conditioning encoder
 and the sampler stay float32. bfloat16 and float16 cast the blocks (the KV cache follows); int8 is
-dynamic quantization of their linear layers (int8 weights, activations quantized per step and per row)
-through torch.ao's fbgemm/x86 kernels: torchao's int8 configs need a newer torch than the 2.9 pinned here.
+dynamic quantization of their linear layers (int8 weights, activations quantized per step and per row),
+on the kernels services/engine/gpt_kernels.py picks at start-up: OpenVINO's where the CPU has int8 dot
+products (VNNI/AMX) and OpenVINO runs, else torch.ao's fbgemm/x86 kernels (RowwiseQuantizedLinear below;
+torchao's int8 configs need a newer torch than the 2.9 pinned here).
 """
 
 from __future__ import annotations
