@@ -26,6 +26,8 @@ class ModelInfo(BaseModel):
     gpt_precision: str | None = Field(description="The precision the GPT runs in (GPT_PRECISION, or what auto chose).")
     gpt_precision_reason: str | None = Field(description="`set` (GPT_PRECISION named it) or why auto chose it.")
     cpu: str | None = Field(description="The processor and the instruction-set flags that decide its kernels.")
+    gpt_kernels: str | None = Field(description="What runs the GPT's linear layers, e.g. openvino-int8.")
+    gpt_kernels_reason: str | None = Field(description="Why those kernels (what the CPU and runtimes offer).")
     vocoder_precision: str | None = Field(description="The vocoder's precision (VOCODER_PRECISION, or auto's).")
     vocoder_backend: str | None = Field(description="What runs the vocoder: torch or openvino (VOCODER_BACKEND).")
     vocoder_reason: str | None = Field(description="`set` (both named) or why auto chose the vocoder's path.")
@@ -72,6 +74,8 @@ async def health(state: StateDep) -> Health:
             gpt_precision=loaded.gpt_precision if loaded else None,
             gpt_precision_reason=loaded.gpt_precision_reason if loaded else None,
             cpu=loaded.cpu if loaded else None,
+            gpt_kernels=loaded.gpt_kernels if loaded else None,
+            gpt_kernels_reason=loaded.gpt_kernels_reason if loaded else None,
             vocoder_precision=loaded.vocoder_precision if loaded else None,
             vocoder_backend=loaded.vocoder_backend if loaded else None,
             vocoder_reason=loaded.vocoder_reason if loaded else None,

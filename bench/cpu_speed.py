@@ -48,6 +48,8 @@ CONFIGS: dict[str, dict[str, str]] = {
     "default": {},
     "float32": {"GPT_PRECISION": "float32", "VOCODER_PRECISION": "float32", "VOCODER_BACKEND": "torch"},
     "int8-torch-vocoder": {"GPT_PRECISION": "int8", "VOCODER_BACKEND": "torch"},
+    "omp-passive": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "omp-active": {"OMP_WAIT_POLICY": "ACTIVE"},
 }
 GPT_LINEAR_WEIGHTS = {"full": 30 * (1024 * 3072 + 1024 * 1024 + 1024 * 4096 + 4096 * 1024)}
 WEIGHT_BYTES = {"int8": 1, "int4": 0.5, "bfloat16": 2, "float16": 2, "float32": 4}

@@ -61,6 +61,8 @@ class FakeModelFacts:
     cpu: str = "fake CPU"
     vocoder_backend: str = "torch"
     vocoder_reason: str = "set"
+    gpt_kernels: str = "torch-float32"
+    gpt_kernels_reason: str = "fake"
 
 
 @dataclass

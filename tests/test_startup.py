@@ -112,6 +112,7 @@ def test_default_settings_run_the_fast_cpu_paths(tmp_path: Path) -> None:
             model = client.get("/health").json()["model"]
             assert model["gpt_precision"] == "int8" and model["gpt_precision_reason"].startswith("auto on the CPU")
             assert model["vocoder_backend"] == "openvino" and model["vocoder_reason"].startswith("auto")
+            assert model["gpt_kernels"] == "torch-rowwise-int8" and model["gpt_kernels_reason"]
             assert model["vocoder_precision"] in ("bfloat16", "float32")
             body = {"text": "Hello there.", "language": "en", "speaker_id": "Dummy Alto", "seed": 3}
             response = client.post("/tts_stream", json=body)

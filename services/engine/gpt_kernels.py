@@ -69,19 +69,16 @@ def openvino_missing() -> str | None:
 
 
 def choose_int8_kernel(int8_dot_products: bool, cpu_summary: str) -> KernelChoice:
-    """openvino-int8 where OpenVINO runs and the CPU has VNNI or AMX, else torch's rowwise int8."""
-    missing = openvino_missing()
-    if missing is not None:
-        return KernelChoice("torch-rowwise-int8", f"{missing}; {cpu_summary}")
-    if not int8_dot_products:
-        return KernelChoice(
-            "torch-rowwise-int8",
-            f"no int8 dot products (VNNI/AMX) for OpenVINO's dynamic quantization; {cpu_summary}",
-        )
-    return KernelChoice(
-        "openvino-int8",
-        f"OpenVINO int8 weights, activations int8 per token (groups of {ACTIVATION_GROUP}); {cpu_summary}",
-    )
+    """torch's rowwise int8: on the Xeon (AMX) these figures come from, the whole server measured faster with it.
+
+    OpenVINO's int8 kernels are faster per linear layer, but called three times per block (90 calls a
+    decode step, each a hand-over to OpenVINO's threads) the step lost: 76/81/107 ms at 1/4/8 rows
+    against torch's 53/76/112 ms (quiet machine, full size, 150 cached positions; /tmp step bench in
+    issue 22's note). They stay available (`apply_gpt_precision(..., kernel="openvino-int8")`, bench/gpt_kernels.py)
+    for the whole-step OpenVINO model that would remove the hand-overs.
+    """
+    how = "int8 products in hardware" if int8_dot_products else "no VNNI/AMX: int8 still reads a quarter of the bytes"
+    return KernelChoice("torch-rowwise-int8", f"torch's rowwise int8 ({how}); {cpu_summary}")
 
 
 def quantize_rows(weight: torch.Tensor, bits: int = 8, group: int | None = None) -> tuple[np.ndarray, np.ndarray]:

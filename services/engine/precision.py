@@ -88,7 +88,7 @@ def apply_gpt_precision(
 
 
 def _int8_kernel(kernel: GptKernel | None) -> KernelChoice:
-    """The int8 kernel named, or the one this machine runs fastest (OpenVINO where it can, else torch's)."""
+    """The int8 kernel named, or the one measured fastest for the whole step (gpt_kernels.choose_int8_kernel)."""
     if kernel is not None:
         if kernel not in ("openvino-int8", "torch-rowwise-int8"):
             raise ValueError(f"{kernel} is not an int8 kernel")
