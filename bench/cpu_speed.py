@@ -77,7 +77,8 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {
             **os.environ, "DUMMY_MODEL": size, "HOST": "127.0.0.1", "PORT": str(self.port),
-            "MAX_AUDIO_TOKENS": str(cap), "MAX_CONCURRENT_REQUESTS": "16", "VOICES_DIR": str(voices),
+            "MAX_AUDIO_TOKENS": str(cap), "MAX_CONCURRENT_REQUESTS": "16", "QUEUE_TIMEOUT": "3600",
+            "VOICES_DIR": str(voices),
             **env,
         }  # fmt: skip
 
