@@ -149,8 +149,8 @@ def test_a_replica_that_stops_polling_is_no_longer_asked() -> None:
 def test_one_scrape_shows_every_replicas_series_labelled() -> None:
     async def main() -> None:
         one, two = await two_replicas(Exchange())
-        one.metrics.streams.labels("completed").inc(3)
-        two.metrics.streams.labels("completed").inc(2)
+        one.metrics.streams.labels("completed", "http").inc(3)
+        two.metrics.streams.labels("completed", "http").inc(2)
         for replica in (one, two):
             replica.metrics.ttfa.observe(0.2)
             replica.metrics.requests.labels("GET", "/health", "200").inc()
