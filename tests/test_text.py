@@ -52,3 +52,14 @@ def test_an_overlong_unsplit_sentence_and_empty_text_are_refused(tiny_loaded: Lo
 def test_a_sentence_longer_than_the_limit_is_wrapped() -> None:
     pieces = split_sentences("word " * 100 + "end.", "en", 50)
     assert len(pieces) > 5 and all(len(piece) <= 50 for piece in pieces)
+
+
+@pytest.mark.parametrize(
+    ("language", "text"),
+    [("hi", "मेरे पास 5 सेब हैं"), ("es", "Tengo 99999999999999999999999999999999 manzanas")],
+)
+def test_numbers_coquis_cleaner_cannot_spell_are_a_clear_422_not_a_500(
+    tiny_loaded: LoadedModel, language: str, text: str
+) -> None:
+    with pytest.raises(InvalidInput, match="write them as words"):
+        plan_sentences(tiny_loaded.model.tokenizer, text, language, True, MAX_TEXT_TOKENS)

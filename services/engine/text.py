@@ -59,7 +59,16 @@ def plan_sentences(
         cleaned = piece.strip().lower()
         if not cleaned:
             continue
-        ids = tokenizer.encode(cleaned, lang=lang)
+        try:
+            ids = tokenizer.encode(cleaned, lang=lang)
+        except (NotImplementedError, OverflowError, KeyError) as error:
+            # coqui's cleaner spells numbers out with num2words, which has no Hindi, refuses huge numbers in
+            # several languages, and has no table for some symbols: that is the text, not the server
+            raise InvalidInput(
+                f"coqui's text cleaner cannot spell out this text's numbers or symbols in {language!r} "
+                f"({error.__class__.__name__}); write them as words",
+                sentence=piece[:80],
+            ) from error
         if len(ids) >= max_text_tokens:
             raise InvalidInput(
                 f"a sentence of {len(ids)} tokens is over XTTS's limit of {max_text_tokens - 1}; "
