@@ -135,10 +135,12 @@ class TimestampedEncoder:
 
     def finish(self) -> bytes:
         pcm, timings = self.timeline.finish()
-        return self._line(pcm, timings, self.audio.finish())
+        return self._line(pcm, timings, finishing=True)
 
-    def _line(self, pcm: bytes, timings: Any, tail: bytes = b"") -> bytes:
-        data = self._prefix + (self.audio.encode(pcm) if pcm else b"") + tail
+    def _line(self, pcm: bytes, timings: Any, finishing: bool = False) -> bytes:
+        data = self._prefix + (self.audio.encode(pcm) if pcm else b"")
+        if finishing:  # the encoder is flushed only after the held-back audio went in (mp3: EOFError otherwise)
+            data += self.audio.finish()
         self._prefix = b""
         if not data and timings is None:
             return b""
