@@ -28,6 +28,7 @@ from services.engine.synthesis_stream import SynthesisStream
 from services.engine.tts import TTSEngine
 from services.errors import InvalidLatents
 from tests.audio_checks import pcm_snr_db
+from tests.engine_runs import coquis_tokens
 
 pytestmark = pytest.mark.engine  # every test here runs the tiny model (some through getfixturevalue)
 
@@ -176,20 +177,7 @@ def test_a_stream_alone_speaks_each_sentence_as_coquis_generate(engine: TTSEngin
     sampling = request.params.sampling
     assert len(sentences) == 2
 
-    def coquis() -> list[int]:
-        torch.manual_seed(request.params.seed or 0)
-        expected: list[int] = []
-        with torch.inference_mode():
-            for sentence in sentences:
-                expected += engine.model.gpt.generate(
-                    cond_latents=voice.gpt_cond_latent, text_inputs=sentence.tokens, do_sample=True,
-                    top_p=sampling.top_p, top_k=sampling.top_k, temperature=sampling.temperature,
-                    repetition_penalty=sampling.repetition_penalty, max_new_tokens=sampling.max_new_tokens,
-                    num_return_sequences=1, num_beams=1, length_penalty=1.0,
-                )[0].tolist()  # fmt: skip
-        return expected
-
-    assert tokens == engine.submit(coquis).result()
+    assert tokens == coquis_tokens(engine, sentences, voice, sampling, request.params.seed or 0)
 
 
 def test_a_poisoned_stream_fails_alone_and_the_others_sound_as_alone(engine: TTSEngine) -> None:

@@ -22,6 +22,7 @@ from services.engine.params import GenerationParams, SamplingSettings
 from services.engine.plan import BatchLimits
 from services.engine.prompt_prefill import PendingPrompt
 from services.engine.tts import TTSEngine
+from tests.engine_runs import coquis_tokens
 
 pytestmark = pytest.mark.engine
 
@@ -105,19 +106,6 @@ def test_chunked_prompts_beside_another_stream_sample_coquis_tokens_and_never_st
     sentences = asyncio.run(engine.plan(TWO_SENTENCES, "en", True))
     assert len(sentences) == 2
 
-    def coquis() -> list[int]:
-        torch.manual_seed(5)
-        expected: list[int] = []
-        with torch.inference_mode():
-            for sentence in sentences:
-                expected += engine.model.gpt.generate(
-                    cond_latents=voice.gpt_cond_latent, text_inputs=sentence.tokens, do_sample=True,
-                    top_p=sampling.top_p, top_k=sampling.top_k, temperature=sampling.temperature,
-                    repetition_penalty=sampling.repetition_penalty, max_new_tokens=sampling.max_new_tokens,
-                    num_return_sequences=1, num_beams=1, length_penalty=1.0,
-                )[0].tolist()  # fmt: skip
-        return expected
-
-    assert tokens == engine.submit(coquis).result()
+    assert tokens == coquis_tokens(engine, sentences, voice, sampling, seed=5)
     ahead, late = decoder.sentences_started_ahead - before[0], decoder.sentences_started_late - before[1]  # type: ignore[attr-defined]
     assert (ahead, late) == (1, 0)  # the second sentence's prompt was ready when the first ended
