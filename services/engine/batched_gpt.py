@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache
 from TTS.tts.layers.xtts.gpt import GPT
 
-from services.engine.gpt_sampler import PrefixKV
+from services.engine.gpt_sampler import PrefixKV, cache_after, cached_kv
 from services.engine.precision import run_transformer, transformer_dtype
 
 # Cache lengths grow in steps of this many positions (a reallocation copies every row once).
@@ -111,16 +110,9 @@ def prefill(gpt: GPT, prompt: torch.Tensor, prefix_kv: PrefixKV | None) -> tuple
     Returns the last position's hidden state [1, C] (float32, before XTTS's final norm) and the keys and
     values of every prompt position, prefix included, for the stream's cache row.
     """
-    cache = DynamicCache()
-    if prefix_kv is not None:
-        for index, (keys, values) in enumerate(prefix_kv):
-            cache.update(keys, values, index)
+    cache = cache_after(prefix_kv)
     hidden = run_transformer(gpt, prompt, past_key_values=cache, use_cache=True)
-    kv = []
-    for cached in cache.layers:
-        assert cached.keys is not None and cached.values is not None
-        kv.append((cached.keys, cached.values))
-    return hidden[:, -1], tuple(kv)
+    return hidden[:, -1], cached_kv(cache)
 
 
 def decode_step(

@@ -58,11 +58,24 @@ def conditioning_prefix(gpt: GPT, cond_latent: torch.Tensor) -> PrefixKV:
     """
     cache = DynamicCache()
     run_transformer(gpt, cond_latent, past_key_values=cache, use_cache=True)
-    prefix = []
+    return cached_kv(cache)
+
+
+def cache_after(prefix: PrefixKV | None) -> DynamicCache:
+    """A transformers cache holding `prefix` (None: empty), for a prefill to continue from."""
+    cache = DynamicCache()
+    for layer, (keys, values) in enumerate(prefix or ()):
+        cache.update(keys, values, layer)
+    return cache
+
+
+def cached_kv(cache: DynamicCache) -> PrefixKV:
+    """Every position's keys and values per layer, as a prefill left them in `cache`."""
+    kv = []
     for layer in cache.layers:
         assert layer.keys is not None and layer.values is not None
-        prefix.append((layer.keys, layer.values))
-    return tuple(prefix)
+        kv.append((layer.keys, layer.values))
+    return tuple(kv)
 
 
 def max_new_tokens(gpt: GPT) -> int:

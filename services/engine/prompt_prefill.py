@@ -16,7 +16,7 @@ import torch
 from transformers import DynamicCache
 from TTS.tts.layers.xtts.gpt import GPT
 
-from services.engine.gpt_sampler import PrefixKV, SentencePrompt
+from services.engine.gpt_sampler import PrefixKV, SentencePrompt, cache_after, cached_kv
 from services.engine.precision import run_transformer
 
 
@@ -42,9 +42,7 @@ class PendingPrompt:
     def advance(self, gpt: GPT, voice_prefix: Callable[[], PrefixKV], positions: int | None = None) -> None:
         """Prefill the next `positions` positions (None: the rest)."""
         if self._cache is None:
-            self._cache = DynamicCache()
-            for layer, (keys, values) in enumerate(voice_prefix()):
-                self._cache.update(keys, values, layer)
+            self._cache = cache_after(voice_prefix())
         stop = self.positions if positions is None else min(self.positions, self.done + positions)
         if stop <= self.done:
             return
@@ -57,8 +55,4 @@ class PendingPrompt:
         """The last position's hidden state [1, C] (before XTTS's final norm) and every position's keys and
         values, prefix included, for the row; once `left` is 0."""
         assert self.left == 0 and self._cache is not None and self._hidden is not None, "prompt not complete"
-        kv = []
-        for layer in self._cache.layers:
-            assert layer.keys is not None and layer.values is not None
-            kv.append((layer.keys, layer.values))
-        return self._hidden, tuple(kv)
+        return self._hidden, cached_kv(self._cache)
