@@ -108,6 +108,18 @@ class SessionConflict(ServiceError):
     code = "session_conflict"
 
 
+class JobNotFound(ServiceError):
+    """No long-form job has this id (or it is another caller's)."""
+
+    code = "job_not_found"
+
+
+class JobNotFinished(ServiceError):
+    """A job's result was asked for before the job completed."""
+
+    code = "job_not_finished"
+
+
 class UnsupportedData(ServiceError):
     """A /v1/tts/ws client sent a frame the socket does not take (binary: it reads JSON text frames)."""
 
@@ -163,6 +175,12 @@ class Overloaded(RetryLater):
     """All slots and the wait queue are full, or the wait timed out."""
 
     code = "overloaded"
+
+
+class TooManyJobs(RetryLater):
+    """The caller has MAX_ACTIVE_JOBS jobs queued or running already."""
+
+    code = "too_many_jobs"
 
 
 class NotReady(RetryLater):

@@ -187,9 +187,14 @@ class FakeEngine:
         return sentences
 
     def synthesize(
-        self, sentences: list[Sentence], voice: VoiceLatents, params: GenerationParams, cancel: threading.Event
+        self,
+        sentences: list[Sentence],
+        voice: VoiceLatents,
+        params: GenerationParams,
+        cancel: threading.Event,
+        background: bool = False,
     ) -> SynthesisStream:
-        return SynthesisStream(self.scheduler, SynthesisRequest(sentences, voice, params, cancel))
+        return SynthesisStream(self.scheduler, SynthesisRequest(sentences, voice, params, cancel, background))
 
     async def clone_voice(self, clips: list[np.ndarray], settings: CloneSettings) -> VoiceLatents:
         self.clones += 1

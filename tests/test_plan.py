@@ -138,3 +138,55 @@ def test_nothing_to_step_is_idle() -> None:
     decision = plan([playing("a", buffered_seconds=3.0)], [], LIMITS)
     assert decision.idle and decision.paused == ["a"]
     assert plan([], [], LIMITS).idle
+
+
+def job(key: str, prompt: int = 0, has_audio: bool = True) -> StreamView[str]:
+    """A long-form job's sentence: a background stream (in the batch, or waiting with its prompt to prefill)."""
+    return StreamView(key, prompt_left=prompt, has_audio=has_audio, background=True)
+
+
+def test_background_streams_step_together_when_no_live_stream_needs_the_model() -> None:
+    decision = plan([job("j1"), job("j2")], [job("j3", prompt=40, has_audio=False)], LIMITS)
+    assert decision.join == ["j3"]
+    assert decision.prefill == [Prefill("j3", 32)]  # chunked while the others step: no first-chunk priority
+    assert decision.step == ["j1", "j2"]
+    decision = plan([job("j1"), job("j2", prompt=8, has_audio=False)], [], LIMITS)
+    assert decision.step == ["j1", "j2"]  # nobody listens to a job's first chunk: it does not step alone
+
+
+def test_a_live_stream_that_steps_holds_every_background_stream() -> None:
+    decision = plan([playing("live"), job("j1")], [job("j2", prompt=40)], LIMITS)
+    assert decision.step == ["live"]
+    assert decision.prefill == [] and decision.join == []
+    assert decision.still_waiting == ["j2"]
+    assert not decision.idle
+
+
+def test_background_streams_step_while_the_live_ones_are_paused_by_their_readers() -> None:
+    decision = plan([playing("live", buffered_seconds=5.0), job("j1")], [], LIMITS)
+    assert decision.paused == ["live"]
+    assert decision.step == ["j1"]
+
+
+def test_a_live_newcomer_takes_the_row_of_the_background_stream_that_joined_last() -> None:
+    running = [playing("live"), job("j1"), job("j2")]
+    decision = plan(running, [arriving("new"), job("j3")], LIMITS)
+    assert decision.preempt == ["j2"]  # it has done the least; its owner starts its sentence over
+    assert decision.join == ["new"]
+    assert decision.step == ["new"]  # first-chunk priority, and j1 waits for live speech
+    assert decision.still_waiting == ["j3"]
+
+
+def test_live_streams_join_in_arrival_order_before_background_streams_that_came_first() -> None:
+    decision = plan([], [job("j1", prompt=10), arriving("live", prompt=10)], LIMITS)
+    assert decision.join == ["live"]
+    assert decision.still_waiting == ["j1"]
+    decision = plan([playing("live", buffered_seconds=5.0)], [job("j1", prompt=10)], LIMITS)
+    assert decision.join == ["j1"] and decision.step == ["j1"]  # the live one is paused: the job gets the model
+
+
+def test_a_cancelled_background_stream_leaves_and_is_not_preempted() -> None:
+    running = [playing("a"), playing("b"), StreamView("j1", cancelled=True, background=True)]
+    decision = plan(running, [arriving("c")], LIMITS)
+    assert decision.leave == ["j1"] and decision.preempt == []
+    assert decision.join == ["c"]

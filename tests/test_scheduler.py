@@ -7,8 +7,11 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator
 
+import pytest
+
 from services.engine.params import GenerationParams
 from services.engine.plan import BatchLimits
+from services.engine.stream import Preempted
 from services.engine.synthesis_stream import SynthesisStream
 from services.errors import InvalidLatents
 from tests.fakes import FakeEngine
@@ -164,3 +167,37 @@ def test_a_failed_row_leaves_and_the_others_step_on() -> None:
     finally:
         engine.shutdown()
         alone.shutdown()
+
+
+def test_a_live_stream_takes_a_background_streams_row_and_the_background_one_ends_preempted() -> None:
+    limits = BatchLimits(max_batch_size=2, first_chunk_priority_steps=0)
+    engine = FakeEngine(chunks_per_sentence=20, chunk_delay_s=0.002, limits=limits)
+
+    async def run() -> None:
+        sentences = await engine.plan("A job's sentence.", "en", True)
+        voice = engine.builtin_speakers["Dummy Alto"]
+        jobs = [
+            engine.synthesize(sentences, voice, GenerationParams(seed=seed), threading.Event(), background=True)
+            for seed in (1, 2)
+        ]
+        job_chunks = [aiter(job) for job in jobs]
+        for chunks in job_chunks:
+            await anext(chunks)  # both jobs are in the batch, stepping
+        live, _ = await fake_stream(engine, "A live one.", seed=3)
+        live_chunks = [chunk async for chunk in live]
+        assert live.complete and len(live_chunks) == 20
+        with pytest.raises(Preempted):
+            async for _ in job_chunks[1]:  # the one that joined last gave its row
+                pass
+        first = [chunk async for chunk in job_chunks[0]]
+        assert jobs[0].complete and len(first) == 19  # the other waited for the live one, then finished
+        seeds_stepped = [seed for batch in engine.batches for seed in batch]
+        live_steps = [i for i, batch in enumerate(engine.batches) if 3 in batch]
+        assert all(batch == [3] for batch in (engine.batches[i] for i in live_steps))  # the live one stepped alone
+        assert seeds_stepped.count(3) == 20
+
+    try:
+        asyncio.run(run())
+        assert engine.scheduler.preempted == 1
+    finally:
+        engine.shutdown()

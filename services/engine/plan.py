@@ -24,6 +24,14 @@ The rules:
 - Newcomers without their first audio step on their own, for at most `first_chunk_priority_steps`
   steps: a step of one row costs a third of a step of eight on a CPU, so a newcomer's first audio comes
   nearly as fast as on an idle server while the others pause for about half a second.
+- Background streams (a long-form job's sentences) get only what live speech leaves. Live streams are
+  planned first, by the rules above, as if no background stream were there. A live stream that finds
+  every row taken takes a background stream's row: the background stream that joined last (it has done
+  the least) is preempted, leaves, and its owner starts that sentence over later (same seed, same
+  audio: vLLM's preemption by recompute). Background streams join, prefill and step only in a step
+  where no live stream steps or prefills, by the same rules among themselves (without first-chunk
+  priority: nobody is listening to their first chunk), in the rows live streams leave free. So a live
+  newcomer waits for at most the one background step in progress.
 """
 
 from __future__ import annotations
@@ -63,6 +71,8 @@ class StreamView(Generic[K]):
     """It has produced audio already."""
     steps_before_audio: int = 0
     """Steps taken while it had no audio yet."""
+    background: bool = False
+    """A long-form job's sentence: it gets only the rows and steps live streams leave."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +88,8 @@ class StepPlan(Generic[K]):
     """One step's decisions, by stream key (each list in batch or arrival order)."""
 
     leave: list[K] = field(default_factory=list)
+    preempt: list[K] = field(default_factory=list)
+    """Background streams whose rows live streams need: they leave, and their owners start them over."""
     join: list[K] = field(default_factory=list)
     prefill: list[Prefill[K]] = field(default_factory=list)
     paused: list[K] = field(default_factory=list)
@@ -92,13 +104,52 @@ class StepPlan(Generic[K]):
 
 def plan(running: Sequence[StreamView[K]], waiting: Sequence[StreamView[K]], limits: BatchLimits) -> StepPlan[K]:
     """The next step's decisions; see the module's docstring for the rules."""
-    leave = [view.key for view in running if view.cancelled]
-    staying = [view for view in running if not view.cancelled]
-    leave += [view.key for view in waiting if view.cancelled]
-    candidates = [view for view in waiting if not view.cancelled]
-    room = max(limits.max_batch_size - len(staying), 0)
-    joining, still_waiting = candidates[:room], candidates[room:]
+    leave = [view.key for view in [*running, *waiting] if view.cancelled]
+    live_staying = [view for view in running if not view.cancelled and not view.background]
+    background_staying = [view for view in running if not view.cancelled and view.background]
+    live_candidates = [view for view in waiting if not view.cancelled and not view.background]
+    background_candidates = [view for view in waiting if not view.cancelled and view.background]
 
+    room = max(limits.max_batch_size - len(live_staying), 0)
+    live_joining, live_waiting = live_candidates[:room], live_candidates[room:]
+    over = len(live_staying) + len(live_joining) + len(background_staying) - limits.max_batch_size
+    preempted = background_staying[len(background_staying) - over :] if over > 0 else []
+    background_staying = background_staying[: len(background_staying) - len(preempted)]
+
+    live = _plan_rows(live_staying, live_joining, limits)
+    if live.step or live.prefill:  # live speech uses the model this step: background streams wait
+        background = _Rows()
+        background_waiting = background_candidates
+    else:
+        taken = len(live_staying) + len(live_joining) + len(background_staying)
+        background_room = max(limits.max_batch_size - taken, 0)
+        background_joining = background_candidates[:background_room]
+        background_waiting = background_candidates[background_room:]
+        unhurried = BatchLimits(limits.max_batch_size, limits.buffer_seconds, 0, limits.prefill_chunk)
+        background = _plan_rows(background_staying, background_joining, unhurried)
+    return StepPlan(
+        leave=leave,
+        preempt=[view.key for view in preempted],
+        join=live.join + background.join,
+        prefill=live.prefill + background.prefill,
+        paused=live.paused + background.paused,
+        step=live.step + background.step,
+        still_waiting=[view.key for view in live_waiting + background_waiting],
+    )
+
+
+@dataclass
+class _Rows(Generic[K]):
+    """One class of streams' part of a step (live, or background)."""
+
+    join: list[K] = field(default_factory=list)
+    prefill: list[Prefill[K]] = field(default_factory=list)
+    paused: list[K] = field(default_factory=list)
+    step: list[K] = field(default_factory=list)
+
+
+def _plan_rows(staying: list[StreamView[K]], joining: list[StreamView[K]], limits: BatchLimits) -> _Rows[K]:
+    """Prefill, pauses and steps of the streams in the batch (and those joining it now)."""
     batch = staying + joining
     unpaused = [view for view in batch if view.buffered_seconds < limits.buffer_seconds]
     ready = {view.key for view in unpaused if view.prompt_left == 0}
@@ -107,13 +158,11 @@ def plan(running: Sequence[StreamView[K]], waiting: Sequence[StreamView[K]], lim
     starting = [
         view for view in stepping if not view.has_audio and view.steps_before_audio < limits.first_chunk_priority_steps
     ]
-    return StepPlan(
-        leave=leave,
+    return _Rows(
         join=[view.key for view in joining],
         prefill=prefill,
         paused=[view.key for view in batch if view.buffered_seconds >= limits.buffer_seconds],
         step=[view.key for view in (starting or stepping)],
-        still_waiting=[view.key for view in still_waiting],
     )
 
 

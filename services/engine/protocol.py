@@ -68,9 +68,14 @@ class Engine(Protocol):
         ...
 
     def synthesize(
-        self, sentences: list[Sentence], voice: VoiceLatents, params: GenerationParams, cancel: threading.Event
+        self,
+        sentences: list[Sentence],
+        voice: VoiceLatents,
+        params: GenerationParams,
+        cancel: threading.Event,
+        background: bool = False,
     ) -> SynthesisStream:
-        """The sentences' audio as 16-bit PCM chunks; stops once `cancel` is set."""
+        """The sentences' audio as 16-bit PCM chunks; stops once `cancel` is set; `background`: below live speech."""
         ...
 
     async def clone_voice(self, clips: list[np.ndarray], settings: CloneSettings) -> VoiceLatents:

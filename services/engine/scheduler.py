@@ -24,7 +24,14 @@ import torch
 
 from services.engine.pcm import to_pcm16
 from services.engine.plan import BatchLimits, StepPlan, StreamView, plan
-from services.engine.stream import EngineStream, SentenceDone, StreamEnded, StreamReport, SynthesisRequest
+from services.engine.stream import (
+    EngineStream,
+    Preempted,
+    SentenceDone,
+    StreamEnded,
+    StreamReport,
+    SynthesisRequest,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +94,8 @@ class BatchScheduler:
         self._running: dict[EngineStream, _Scheduled] = {}  # model thread only; in joining order
         self.steps = 0
         self.peak_batch = 0
+        self.preempted = 0
+        """Background streams that gave their row to a live one (and were started over by their owner)."""
 
     @property
     def running(self) -> int:
@@ -152,7 +161,7 @@ class BatchScheduler:
     def _waiting_view(self, stream: EngineStream) -> StreamView[EngineStream]:
         cancelled = stream.request.cancel.is_set()
         prompt_left = 0 if cancelled else self.decoder.prompt_left(stream.request)[0]
-        return StreamView(stream, cancelled, prompt_left=prompt_left)
+        return StreamView(stream, cancelled, prompt_left=prompt_left, background=stream.request.background)
 
     def _view(self, stream: EngineStream, facts: _Scheduled) -> StreamView[EngineStream]:
         channel = stream.channel
@@ -165,11 +174,15 @@ class BatchScheduler:
             buffered_seconds=channel.buffered_seconds(),
             has_audio=channel.produced_samples > 0,
             steps_before_audio=facts.steps_before_audio,
+            background=stream.request.background,
         )
 
     def _carry_out(self, decision: StepPlan[EngineStream]) -> None:
         for stream in decision.leave:
             self._leave(stream)
+        for stream in decision.preempt:
+            self.preempted += 1
+            self._leave(stream, Preempted("a live stream needed its row"))
         for stream in decision.join:
             self._running[stream] = _Scheduled()
             self.decoder.join(stream.request)

@@ -52,6 +52,10 @@ class StreamEnded:
     error: Exception | None = None
 
 
+class Preempted(Exception):
+    """A background stream's row went to a live stream: it ended early, and its owner starts it over."""
+
+
 @dataclass(frozen=True, eq=False)  # identity: the decoder and scheduler key their state on the stream
 class SynthesisRequest:
     """What to say, in whose voice, how; and the flag its owner sets to stop it."""
@@ -60,6 +64,8 @@ class SynthesisRequest:
     voice: VoiceLatents
     params: GenerationParams
     cancel: threading.Event
+    background: bool = False
+    """A long-form job's work: it gets only the rows and steps live streams leave, and may be preempted."""
 
 
 class StreamChannel:

@@ -114,10 +114,17 @@ class TTSEngine:
         )
 
     def synthesize(
-        self, sentences: list[Sentence], voice: VoiceLatents, params: GenerationParams, cancel: threading.Event
+        self,
+        sentences: list[Sentence],
+        voice: VoiceLatents,
+        params: GenerationParams,
+        cancel: threading.Event,
+        background: bool = False,
     ) -> SynthesisStream:
-        """The sentences' audio as 16-bit PCM chunks, made on the model thread; stops once `cancel` is set."""
-        return SynthesisStream(self.scheduler, SynthesisRequest(sentences, voice, params, cancel))
+        """The sentences' audio as 16-bit PCM chunks, made on the model thread; stops once `cancel` is set.
+
+        `background`: a long-form job's work, below live speech (plan.py); it may end in `Preempted`."""
+        return SynthesisStream(self.scheduler, SynthesisRequest(sentences, voice, params, cancel, background))
 
     async def clone_voice(self, clips: list[np.ndarray], settings: CloneSettings) -> VoiceLatents:
         """Voice latents from reference clips (mono float at 22050 Hz), as coqui computes them.
