@@ -118,7 +118,7 @@ def plan(running: Sequence[StreamView[K]], waiting: Sequence[StreamView[K]], lim
 
     live = _plan_rows(live_staying, live_joining, limits)
     if live.step or live.prefill:  # live speech uses the model this step: background streams wait
-        background = _Rows()
+        background: _Rows[K] = _Rows()
         background_waiting = background_candidates
     else:
         taken = len(live_staying) + len(live_joining) + len(background_staying)
