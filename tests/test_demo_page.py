@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -105,4 +106,48 @@ def test_agent_mode_types_into_the_socket_and_plays_before_the_typing_ends(
     page.wait_for_function(  # type: ignore[attr-defined]
         "window.socketState.events.some(event => event.type === 'cleared')", timeout=10_000
     )
+    assert [problem for problem in problems if "ERR_INCOMPLETE_CHUNKED_ENCODING" not in problem] == []
+
+
+def test_a_job_submitted_from_the_page_shows_its_progress_then_plays_and_its_title_stays_text(
+    browser_page: tuple[object, list[str]], server: Server
+) -> None:
+    page, problems = browser_page
+    dialogs: list[str] = []
+
+    def dismiss(dialog: Any) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", dismiss)  # type: ignore[attr-defined]
+    title = "<img src=x onerror=alert(1)> & <b>bold</b>"
+    page.fill("#job-text", "The first sentence of the job. A second one follows it. And a third ends it.")  # type: ignore[attr-defined]
+    page.fill("#job-title", title)  # type: ignore[attr-defined]
+    page.select_option("#job-format", "mp3")  # type: ignore[attr-defined]
+    page.click("#job-submit")  # type: ignore[attr-defined]
+    page.wait_for_function("window.jobsState.submitted.length === 1", timeout=30_000)  # type: ignore[attr-defined]
+    row = f"#job-{page.evaluate('window.jobsState.submitted[0]')}"  # type: ignore[attr-defined]
+    page.wait_for_selector(f"{row} progress", timeout=10_000)  # type: ignore[attr-defined]
+    page.wait_for_function(  # type: ignore[attr-defined]
+        f"document.querySelector('{row}').dataset.status === 'completed'", timeout=120_000
+    )
+    with server.client() as http:
+        job = http.get(f"/v1/jobs/{row.removeprefix('#job-')}").json()
+    assert job["status"] == "completed" and job["audio_url"]
+    assert page.get_attribute(f"{row} audio", "src") == job["audio_url"]  # type: ignore[attr-defined]
+    assert page.get_attribute(f"{row} .job-download", "href") == job["audio_url"]  # type: ignore[attr-defined]
+    assert page.evaluate(f"document.querySelector('{row} progress').value") == 1  # type: ignore[attr-defined]
+    figures = page.text_content(f"{row} .job-figures")  # type: ignore[attr-defined]
+    assert f"{job['sentences_total']}/{job['sentences_total']} sentences" in figures and "ETA —" in figures
+    # the title is shown as the text it is: no element made of it, no script run
+    assert page.text_content(f"{row} .job-title") == title  # type: ignore[attr-defined]
+    assert page.locator("#jobs img, #jobs b").count() == 0  # type: ignore[attr-defined]
+    # the browser reads the file it points at (Range requests): its length is the job's
+    page.wait_for_function(f"document.querySelector('{row} audio').readyState >= 1", timeout=30_000)  # type: ignore[attr-defined]
+    duration = page.evaluate(f"document.querySelector('{row} audio').duration")  # type: ignore[attr-defined]
+    assert abs(duration - job["duration_s"]) < 0.2
+    page.wait_for_function("window.jobsState.polling === false", timeout=5_000)  # type: ignore[attr-defined]
+    page.click(f"{row} .job-delete")  # type: ignore[attr-defined]
+    page.wait_for_selector(row, state="detached", timeout=10_000)  # type: ignore[attr-defined]
+    assert dialogs == []
     assert [problem for problem in problems if "ERR_INCOMPLETE_CHUNKED_ENCODING" not in problem] == []
