@@ -10,11 +10,14 @@ Three kinds of app, cheapest first:
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,20 +28,89 @@ from typing import Any
 
 import httpx
 import pytest
+import torch
 import uvicorn
 from fastapi.testclient import TestClient
+from TTS.tts.layers.xtts.hifigan_decoder import HifiDecoder
+from TTS.tts.models.xtts import Xtts
 
 from config import Settings
 from main import create_app
+from services.engine import dummy_model
+from services.engine.dummy_model import DummySize, build_dummy_xtts
 from services.engine.model_loader import LoadedModel, ModelChoice, load_model
 from services.engine.protocol import Engine
 from services.engine.tts import TTSEngine
+from services.engine.vocoder import fold_weight_norm
 from tests.fakes import FakeEngine
 from tests.layers import require_layer
 
 REPO = Path(__file__).resolve().parent.parent
 BUILTIN_SPEAKER = "Dummy Alto"
 START_TIMEOUT_S = 180
+
+
+# HiFi-GAN's channels in the tests' in-process tiny model (XTTS v2 has 512). Every conv keeps its kernel, stride
+# and dilation, so the receptive field, frame arithmetic and chunk seams are the real vocoder's; each token costs
+# an eighth of the time (the full-size vocoder was most of the engine and app tests' time). The precision bounds
+# the README states (tests/test_precision.py) decode with the full-size one (`full_size_vocoder`).
+TEST_VOCODER_CHANNELS = 64
+DUMMY_DIR = Path(tempfile.gettempdir()) / "xtts-dummy"  # where the loader builds its dummies
+
+
+@functools.cache
+def _built_dummy(size: DummySize, work_dir: Path, seed: int) -> Xtts:
+    """`build_dummy_xtts`'s model, once a session, its vocoder's weight norm folded as the loader folds it (a
+    parametrized module cannot be copied twice)."""
+    model = build_dummy_xtts(size, work_dir, seed)
+    fold_weight_norm(model.hifigan_decoder)
+    return model
+
+
+@functools.cache
+def _narrow_generator(in_channels: int, cond_channels: int, cond_in_each_up_layer: bool, seed: int) -> torch.nn.Module:
+    rng_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        narrow = HifiDecoder(
+            decoder_input_dim=in_channels,
+            d_vector_dim=cond_channels,
+            cond_d_vector_in_each_upsampling_layer=cond_in_each_up_layer,
+            upsample_initial_channel_decoder=TEST_VOCODER_CHANNELS,
+        )
+    finally:
+        torch.random.set_rng_state(rng_state)
+    fold_weight_norm(narrow)
+    return narrow.waveform_decoder.eval()
+
+
+def _quick_dummy(size: DummySize, work_dir: Path, seed: int = 0) -> Xtts:
+    """A copy of the session's dummy (the loader changes what it gets: weight norm folded, precision), its HiFi-GAN
+    generator narrowed (above)."""
+    model = copy.deepcopy(_built_dummy(size, work_dir, seed))
+    generator = model.hifigan_decoder.waveform_decoder
+    narrow = _narrow_generator(
+        generator.conv_pre.in_channels, generator.cond_layer.in_channels, generator.cond_in_each_up_layer, seed
+    )
+    model.hifigan_decoder.waveform_decoder = copy.deepcopy(narrow)
+    return model
+
+
+@pytest.fixture(scope="session", autouse=True)
+def quick_in_process_dummies() -> Iterator[None]:
+    """`load_model(ModelChoice(dummy=...))` in this process gets `_quick_dummy`; `python run.py` servers, and
+    tests that build a dummy themselves, get the full-size one."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dummy_model, "build_dummy_xtts", _quick_dummy)
+        yield
+
+
+@pytest.fixture(scope="session")
+def full_size_vocoder() -> HifiDecoder:
+    """The tiny dummy's HiFi-GAN at its real size (weight norm folded, float32), for the vocoder precision bounds."""
+    require_layer("engine", "the tiny model's vocoder")
+    decoder: HifiDecoder = copy.deepcopy(_built_dummy("tiny", DUMMY_DIR, 0).hifigan_decoder)
+    return decoder.eval()
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ from tests.conftest import BUILTIN_SPEAKER
 from tests.engine_runs import chunks_of, tokens_of
 
 # Audio tokens a generation here makes: chunks of 2, 4, 8 and the rest, enough for each comparison, and each
-# token costs a full-size vocoder's time (the tiny model's own cap is 40).
+# token costs the vocoder's time (the tiny model's own cap is 40).
 SHORT_TOKENS = 16
 
 

@@ -1,7 +1,8 @@
 """VOCODER_BACKEND / VOCODER_PRECISION: OpenVINO's streamed chunks against torch float32's one-shot decode.
 
-The tiny model's vocoder is full size (only its GPT is small), so these are the real HiFi-GAN's numbers on
-random weights; the full-size timings are in bench/vocoder_backends.py.
+The tests' tiny model has HiFi-GAN's architecture at an eighth of its channels (tests/conftest.py): the same
+receptive field, frame buckets and seams, with numbers of its own; the full-size figures (117 / 36 dB) and
+timings are in bench/vocoder_backends.py.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ from services.engine.vocoder_backends import (
 )
 from tests.conftest import BUILTIN_SPEAKER, app_client, app_settings
 
-# precision hint: waveform SNR (dB) against torch float32's one-shot decode, at least; measured 117 / 36
-BOUNDS = {"float32": 60.0, "bfloat16": 25.0}
+# precision hint: waveform SNR (dB) against torch float32's one-shot decode, at least; measured 101 / 50
+BOUNDS = {"float32": 60.0, "bfloat16": 40.0}
 AMX = CpuFeatures("Xeon", frozenset({"avx512f", "avx512_bf16", "amx_bf16", "amx_int8"}))
 AVX2 = CpuFeatures("old", frozenset({"avx2"}))
 CPU = torch.device("cpu")
