@@ -91,6 +91,15 @@ class Settings(BaseSettings):
     """Comma-separated saved voices or built-in speakers to load into the cache at start."""
     VOICES_DIR: Path = Path("./saved_voices")
     """Folder where saved voices are kept (one .safetensors file per voice)."""
+    DATA_DIR: Path | None = None
+    """Folder of long-form jobs: their SQLite database and audio (unset: `data` beside VOICES_DIR)."""
+    MAX_JOB_CHARS: int = Field(1_000_000, ge=1, le=20_000_000)
+    """Characters of speakable text one long-form job may have (a 180,000-word book is about 1,000,000)."""
+    MAX_ACTIVE_JOBS: int = Field(5, ge=1, le=10_000)
+    """Long-form jobs one caller (API key) may have queued or running at once."""
+    JOB_ROWS: int | None = Field(None, ge=1, le=256)
+    """Sentences of long-form jobs decoded at once, in the batch rows live speech leaves (default: the batch's
+    size)."""
     REFERENCE_AUDIO_DIR: Path | None = None
     """Folder whose audio files requests may name by path (`audio_file_path`, as the seed's clients send it);
     unset: any path is refused (403). Paths resolving outside it (symlinks, `..`) are refused too."""
@@ -210,6 +219,10 @@ class Settings(BaseSettings):
             return ["*"]
         bound = [] if self.HOST.strip() in EVERY_INTERFACE else [self.HOST.strip()]
         return list(dict.fromkeys([*LOOPBACK_HOSTS, *bound, *listed]))
+
+    @property
+    def data_dir(self) -> Path:
+        return self.DATA_DIR if self.DATA_DIR is not None else self.VOICES_DIR.parent / "data"
 
     @property
     def preload_voice_ids(self) -> list[str]:

@@ -36,6 +36,9 @@ from services.engine.plan import BatchLimits
 from services.engine.protocol import Engine
 from services.engine.tts import TTSEngine
 from services.errors import ModelUnavailable
+from services.jobs.runner import JobRunner
+from services.jobs.service import JobLimits, JobService
+from services.jobs.store import JobStore
 from services.metrics import LiveFigures, Metrics
 from services.peers import NO_PEERS, LocalAnswers, Peers, SessionDirectory
 from services.reference_files import ReferenceFolder
@@ -136,17 +139,32 @@ async def _bring_up(state: AppState, engine: Engine) -> None:
     voices = VoiceService(engine, store, state.cache, state.gate, clone_limits, references)
     await voices.preload(settings.preload_voice_ids)
     limits = SpeechLimits(settings.MAX_TEXT_LENGTH, settings.STREAM_FIRST_CHUNK_TOKENS, settings.MAX_AUDIO_TOKENS)
+    speech = SpeechService(engine, voices, state.sessions, state.gate, limits, state.directory)
     state.model = ModelServices(
         engine=engine,
         voices=voices,
-        speech=SpeechService(engine, voices, state.sessions, state.gate, limits, state.directory),
+        speech=speech,
         studio_speakers_json=await anyio.to_thread.run_sync(_studio_speakers_json, engine),
+        jobs=await _open_jobs(state, engine, speech, limits),
     )
     state.status = "ready"
     # a wildcard bind is reached by a name (ALLOWED_HOSTS): show the one every machine answers to
     shown = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(settings.HOST, settings.HOST)
     shown = f"[{shown}]" if ":" in shown else shown
     logger.info("ready: http://%s:%d/ (Swagger UI)", shown, settings.PORT)
+
+
+async def _open_jobs(state: AppState, engine: Engine, speech: SpeechService, limits: SpeechLimits) -> JobService:
+    """The job store under DATA_DIR and its runner, started: jobs a stopped server left resume now."""
+    settings = state.settings
+    data_dir = settings.data_dir
+    store = await anyio.to_thread.run_sync(JobStore, data_dir / "jobs.sqlite3")
+    rows = settings.JOB_ROWS or engine.scheduler.limits.max_batch_size
+    runner = JobRunner(store, engine, speech.voices, limits, data_dir, rows, state.metrics.job_audio_seconds.inc)
+    state.metrics.figures.jobs = store.count_by_status
+    runner.start()
+    job_limits = JobLimits(settings.MAX_JOB_CHARS, settings.MAX_ACTIVE_JOBS)
+    return JobService(store, runner, speech, engine, data_dir, job_limits)
 
 
 def _default_exit() -> None:
@@ -218,6 +236,8 @@ def create_app(
             if not await state.sessions.wait_all_finished(timeout_s=5.0):
                 logger.warning("shutting down with %d streams still open", len(state.sessions.live()))
             await peers.stop()
+            if state.model is not None:  # before the engine: its sentences end now and resume at the next start
+                await state.model.jobs.close()
             if owned_engine is not None:
                 await anyio.to_thread.run_sync(owned_engine.shutdown)
 

@@ -13,6 +13,7 @@ from services.admission import AdmissionGate
 from services.cache import SpeakerCache
 from services.engine.protocol import Engine
 from services.errors import Forbidden, NotReady
+from services.jobs.service import JobService
 from services.peers import SessionDirectory
 from services.speech import SpeechService
 from services.voices import VoiceService
@@ -66,6 +67,10 @@ def get_voices(model: ModelDep) -> VoiceService:
     return model.voices
 
 
+def get_jobs(model: ModelDep) -> JobService:
+    return model.jobs
+
+
 def get_sessions(state: StateDep) -> SessionDirectory:
     """Sessions of this process, or of another replica when the server runs as several."""
     return state.directory
@@ -87,6 +92,7 @@ CallerDep = Annotated[Caller, Depends(get_caller)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 SpeechDep = Annotated[SpeechService, Depends(get_speech)]
+JobsDep = Annotated[JobService, Depends(get_jobs)]
 VoicesDep = Annotated[VoiceService, Depends(get_voices)]
 SessionsDep = Annotated[SessionDirectory, Depends(get_sessions)]
 GateDep = Annotated[AdmissionGate, Depends(get_gate)]

@@ -5,6 +5,7 @@ from fastapi import APIRouter
 from api import (
     demo,
     elevenlabs,
+    jobs,
     observability,
     openai_compat,
     sessions,
@@ -17,6 +18,7 @@ from api import (
 
 router = APIRouter()
 for area in (
-    speech, openai_compat, elevenlabs, tts_socket, xtts_api_server, voices, sessions, system, observability, demo,
+    speech, openai_compat, elevenlabs, tts_socket, xtts_api_server, voices, jobs, sessions, system, observability,
+    demo,
 ):  # fmt: skip
     router.include_router(area.router)

@@ -17,6 +17,7 @@ from services.admission import AdmissionGate
 from services.cache import SpeakerCache
 from services.client_settings import ClientSettingsFile
 from services.engine.protocol import Engine
+from services.jobs.service import JobService
 from services.metrics import Metrics
 from services.peers import Peers, SessionDirectory
 from services.sessions import SessionRegistry
@@ -35,6 +36,8 @@ class ModelServices:
     speech: SpeechService
     studio_speakers_json: bytes
     """/studio_speakers' answer: built once at load (58 speakers of 32x1024 floats take about a second)."""
+    jobs: JobService
+    """Long-form jobs (their runner starts with the model, and stops before it)."""
 
 
 @dataclass

@@ -25,6 +25,7 @@ class LiveFigures:
     capacity: Callable[[], int]
     cache: Callable[[], tuple[int, int, int, int] | None]  # size, hits, misses, evictions
     batch: Callable[[], tuple[int, int, int]] | None = None  # streams decoding, MAX_BATCH_SIZE, steps; once loaded
+    jobs: Callable[[], dict[str, int]] | None = None  # long-form jobs by state; once loaded
 
 
 class _LiveCollector(Collector):
@@ -47,6 +48,12 @@ class _LiveCollector(Collector):
             yield GaugeMetricFamily("xtts_batch_streams", "Streams in the decoding batch now.", decoding)
             yield GaugeMetricFamily("xtts_batch_max_size", "MAX_BATCH_SIZE.", max_batch_size)
             yield CounterMetricFamily("xtts_batch_steps", "Batched GPT decode steps.", steps)
+        if figures.jobs is not None:
+            by_state = figures.jobs()
+            family = GaugeMetricFamily("xtts_jobs", "Long-form jobs by state (in DATA_DIR's store).", labels=["state"])
+            for state in ("queued", "running", "completed", "failed", "cancelled"):
+                family.add_metric([state], by_state.get(state, 0))
+            yield family
 
 
 class _Merged(Collector):
@@ -104,6 +111,10 @@ class Metrics:
             buckets=_RTF_BUCKETS, registry=self.registry,
         )  # fmt: skip
         self.audio_seconds = Counter("xtts_audio_seconds", "Seconds of audio generated.", registry=self.registry)
+        self.job_audio_seconds = Counter(
+            "xtts_job_audio_seconds", "Seconds of audio long-form jobs made (sentences finished).",
+            registry=self.registry,
+        )  # fmt: skip
         self.model_load_seconds = Gauge(
             "xtts_model_load_seconds", "Seconds the model took to load (0 until it has).", registry=self.registry
         )

@@ -21,6 +21,9 @@ WIRE_CODES = {
     errors.VoiceNotFound: ("voice_not_found", 404),
     errors.ModelNotFound: ("model_not_found", 404),
     errors.SessionNotFound: ("session_not_found", 404),
+    errors.JobNotFound: ("job_not_found", 404),
+    errors.JobNotFinished: ("job_not_finished", 409),
+    errors.TooManyJobs: ("too_many_jobs", 429),
     errors.VoiceExists: ("voice_exists", 409),
     errors.SessionConflict: ("session_conflict", 409),
     errors.PayloadTooLarge: ("payload_too_large", 413),
@@ -55,7 +58,7 @@ def test_every_error_has_its_own_stable_code_and_a_status() -> None:
 
 
 def test_retry_later_errors_carry_their_own_retry_after() -> None:
-    for cls in (errors.Overloaded, errors.NotReady):
+    for cls in (errors.Overloaded, errors.NotReady, errors.TooManyJobs):
         assert headers_for(cls("busy", retry_after_s=7)) == {"Retry-After": "7"}
     assert headers_for(errors.VoiceNotFound("x")) is None
 
