@@ -38,6 +38,7 @@ from services.engine.tts import TTSEngine
 from services.errors import ModelUnavailable
 from services.jobs.runner import JobRunner
 from services.jobs.service import JobLimits, JobService
+from services.jobs.speaker import LocalSpeaker
 from services.jobs.store import JobStore
 from services.metrics import LiveFigures, Metrics
 from services.peers import NO_PEERS, LocalAnswers, Peers, SessionDirectory
@@ -160,7 +161,8 @@ async def _open_jobs(state: AppState, engine: Engine, speech: SpeechService, lim
     data_dir = settings.data_dir
     store = await anyio.to_thread.run_sync(JobStore, data_dir / "jobs.sqlite3")
     rows = settings.JOB_ROWS or engine.scheduler.limits.max_batch_size
-    runner = JobRunner(store, engine, speech.voices, limits, data_dir, rows, state.metrics.job_audio_seconds.inc)
+    speaker = LocalSpeaker(engine, speech.voices, limits)
+    runner = JobRunner(store, speaker, data_dir, rows, state.metrics.job_audio_seconds.inc)
     state.metrics.figures.jobs = store.count_by_status
     runner.start()
     job_limits = JobLimits(settings.MAX_JOB_CHARS, settings.MAX_ACTIVE_JOBS)

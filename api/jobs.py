@@ -71,6 +71,7 @@ def job_out(job: JobProgress) -> JobOut:
         language=request["language"],
         format=request["format"],
         title=request.get("title") or "",
+        preview=request.get("preview", ""),
         seed=request["seed"],
         created_at=record.created,
         started_at=record.started,

@@ -64,6 +64,7 @@ class JobOut(BaseModel):
     language: str
     format: str
     title: str
+    preview: str = Field(description="The text's first words.")
     seed: int = Field(description="Sentence n is spoken with seed + n: the same seed gives the same audio.")
     created_at: float
     started_at: float | None = None

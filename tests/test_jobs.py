@@ -56,6 +56,7 @@ def test_a_job_is_queued_at_once_reports_rising_progress_and_ends_with_the_whole
         job = response.json()
         assert response.headers["location"] == f"/v1/jobs/{job['id']}"
         assert job["status"] in ("queued", "running") and job["sentences_total"] == 12 and job["seed"] == 7
+        assert job["preview"] == "Sentence number 1 of the book. Sentence number 2 of the book. Sentence number 3"
         seen = []
         deadline = time.monotonic() + 30
         while (job := client.get(f"/v1/jobs/{job['id']}").json())["status"] != "completed":

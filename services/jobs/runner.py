@@ -2,10 +2,10 @@
 
 One runner per server process. It claims the oldest active job nobody drives (`JobStore.claim_next`: after a
 restart, its own earlier jobs are free at once, its process being gone), and keeps up to `rows` of its
-sentences in the engine at once, each its own background request (`Engine.synthesize(background=True)`): the
-engine gives them only the rows and steps live speech leaves, and a live stream may take a row back
-(`Preempted`: the sentence starts over, with the same seed, so the same audio). When the oldest job has no
-sentence left to start, the next job's fill the rows.
+sentences being spoken at once, each by its speaker (`speaker.py`; on one server, a background request of the
+engine: it gets only the rows and steps live speech leaves, and a live stream may take a row back, the sentence
+then starting over with the same seed). When the oldest job has no sentence left to start, the next job's fill
+the rows.
 
 Each sentence has its own seed (the job's seed plus its index), so its audio does not depend on which
 sentences it was batched with or on a restart; a finished sentence's audio is written atomically
@@ -30,15 +30,11 @@ from typing import Any
 
 import anyio
 
-from services.engine.latents import VoiceLatents
-from services.engine.protocol import Engine
-from services.engine.stream import Preempted
 from services.errors import ServiceError
 from services.jobs.assembly import ChapterAudio, assemble, chapter_file_name
 from services.jobs.files import JobFiles
+from services.jobs.speaker import SentenceSpeaker
 from services.jobs.store import JobRecord, JobStore, SentenceText, this_process
-from services.speech import SpeechLimits, SpeechOptions, generation_params
-from services.voices import VoiceService
 
 logger = logging.getLogger(__name__)
 HEARTBEAT_S = 5.0
@@ -48,10 +44,9 @@ SENTENCE_GAP_S = 0.0
 
 @dataclass
 class JobRun:
-    """A job this runner drives: its sentences not yet started, those in the engine, its voice."""
+    """A job this runner drives: its sentences not yet started, and how many are being spoken."""
 
     record: JobRecord
-    voice: VoiceLatents
     files: JobFiles
     todo: deque[SentenceText]
     in_flight: int = 0
@@ -73,24 +68,19 @@ class JobRunner:
     def __init__(
         self,
         store: JobStore,
-        engine: Engine,
-        voices: VoiceService,
-        limits: SpeechLimits,
+        speaker: SentenceSpeaker,
         data_dir: Path,
         rows: int,
         on_audio: Callable[[float], None] | None = None,
     ) -> None:
         self.store = store
-        self.engine = engine
-        self.voices = voices
-        self.limits = limits
+        self.speaker = speaker
         self.data_dir = data_dir
         self.rows = rows
         self.on_audio = on_audio or (lambda seconds: None)
         """Called with the seconds of each finished sentence (the metrics' job audio counter)."""
         self.claimant = this_process()
         self.runs: dict[str, JobRun] = {}
-        self.preempted = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._sentences: set[asyncio.Task[None]] = set()
@@ -169,39 +159,17 @@ class JobRunner:
         task.add_done_callback(done)
 
     async def _open(self, record: JobRecord) -> None:
-        files = JobFiles(self.data_dir, record.id)
         todo = deque(await anyio.to_thread.run_sync(self.store.unfinished_sentences, record.id))
-        try:
-            voice = await self.voices.resolve(record.request["voice"])
-        except ServiceError as error:  # the voice was deleted since the job was queued
-            await self._end_failed(record.id, files, f"its voice: {error.message}")
-            return
-        self.runs[record.id] = JobRun(record, voice, files, todo)
+        self.runs[record.id] = JobRun(record, JobFiles(self.data_dir, record.id), todo)
         logger.info("job %s: %s (%d of %d sentences left)", record.id,
                     "started" if len(todo) == record.sentences_total else "resumed", len(todo),
                     record.sentences_total)  # fmt: skip
 
     async def _speak(self, run: JobRun, sentence: SentenceText) -> None:
-        request = run.record.request
         try:
-            planned = await self.engine.plan(sentence.text, request["language"], False)
-            options = SpeechOptions(**request["options"])
-            params = generation_params(options, (request["seed"] + sentence.index) % 2**63, self.limits)
-            while True:
-                pieces: list[bytes] = []
-                stream = self.engine.synthesize(planned, run.voice, params, run.cancel, background=True)
-                try:
-                    async for chunk in stream:
-                        pieces.append(chunk)
-                except Preempted:  # a live stream took the row: this sentence starts over, same seed
-                    self.preempted += 1
-                    continue
-                finally:
-                    await stream.wait_idle()
-                break
-            if run.cancel.is_set() or not stream.complete:
+            pcm = await self.speaker.speak(run.record.request, sentence, run.cancel)
+            if pcm is None:
                 return
-            pcm = b"".join(pieces)
             await anyio.to_thread.run_sync(run.files.write_piece, sentence.index, pcm)
             if await anyio.to_thread.run_sync(self.store.sentence_done, run.record.id, sentence.index, len(pcm) // 2):
                 run.chars_done_here += len(sentence.text)

@@ -94,6 +94,7 @@ class JobService:
             "language": language,
             "format": output_format,
             "title": document.title,
+            "preview": " ".join(document.chapters[0].text[:120].split())[:80].rstrip(),
             "seed": seed,
             "options": {**asdict(options), "seed": seed},
         }
