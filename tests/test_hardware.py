@@ -7,7 +7,7 @@ import torch
 
 from config import Settings
 from services.engine.hardware import CpuFeatures, auto_gpt_precision, cpu_features, parse_cpuinfo
-from services.engine.model_loader import ModelChoice, load_model
+from services.engine.model_loader import LoadedModel, ModelChoice, load_model
 
 XEON_AMX = """processor\t: 0
 vendor_id\t: GenuineIntel
@@ -50,10 +50,10 @@ def test_auto_is_the_default_and_a_named_precision_is_kept() -> None:
 
 
 @pytest.mark.engine
-def test_the_loader_resolves_auto_and_says_why() -> None:
+def test_the_loader_resolves_auto_and_says_why(tiny_loaded: LoadedModel) -> None:
     loaded = load_model(ModelChoice(dummy="tiny", use_cpu=True, gpt_precision="auto"))
     assert loaded.gpt_precision == "int8"
     assert loaded.gpt_precision_reason.startswith("auto on the CPU: int8")
     assert loaded.cpu == cpu_features().summary
-    named = load_model(ModelChoice(dummy="tiny", use_cpu=True, gpt_precision="float32"))
+    named = tiny_loaded  # loaded with GPT_PRECISION=float32
     assert (named.gpt_precision, named.gpt_precision_reason) == ("float32", "set")
