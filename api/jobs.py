@@ -11,14 +11,15 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from api.deps import CallerDep, JobsDep
-from api.errors import ERROR_RESPONSES
+from api.errors import OPENAI_ERROR_RESPONSES, OpenAIErrorBody
 from models.jobs import JobChapter, JobForm, JobOut, JobRequest
 from services.errors import InvalidInput, UnsupportedMediaType
 from services.jobs.documents import Document, document_from_text, read_document
 from services.jobs.service import JobProgress
 from services.speech import SpeechOptions
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
+# Under /v1, errors come in OpenAI's shape (api/errors.py), as for every /v1 route.
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=OPENAI_ERROR_RESPONSES)
 
 _MEDIA_TYPES = {"mp3": "audio/mpeg", "opus": "audio/ogg", "m4b": "audio/mp4", "flac": "audio/flac", "wav": "audio/wav"}
 _OPTION_NAMES = tuple(name for name in SpeechOptions.__dataclass_fields__ if name in JobRequest.model_fields)
@@ -34,7 +35,7 @@ _BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/JobRequest"}},
+            "application/json": {"schema": JobRequest.model_json_schema()},
             "multipart/form-data": {"schema": _UPLOAD_SCHEMA},
         },
     }
@@ -126,6 +127,9 @@ def _located(error: ValidationError) -> list[Any]:
     status_code=202,
     response_model=JobOut,
     summary="Narrate a long text or a book in the background",
+    responses={
+        415: {"model": OpenAIErrorBody, "description": "Neither JSON nor multipart, or a file not .txt, .md or .epub."}
+    },
     openapi_extra=_BODY,
 )
 async def submit_job(request: Request, jobs: JobsDep, caller: CallerDep) -> JSONResponse:

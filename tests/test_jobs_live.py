@@ -52,13 +52,14 @@ def test_a_job_killed_midway_resumes_without_remaking_a_sentence_and_gives_the_s
         server.stop()
 
     server = start_server(tmp_path / "killed", **ENV)
-    job_id = httpx.post(f"{server.url}/v1/jobs", json=BODY, timeout=60).json()["id"]
-    deadline = time.monotonic() + 120
-    while (done_before := job(server.url, job_id)["sentences_done"]) < 2:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    server.process.send_signal(signal.SIGKILL)
-    server.process.wait(30)
+    try:
+        job_id = httpx.post(f"{server.url}/v1/jobs", json=BODY, timeout=60).json()["id"]
+        deadline = time.monotonic() + 120
+        while (done_before := job(server.url, job_id)["sentences_done"]) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        server.stop(signal.SIGKILL)
     pieces = tmp_path / "killed" / "data" / "jobs" / job_id / "pieces"
     with sqlite3.connect(tmp_path / "killed" / "data" / "jobs.sqlite3") as db:
         done = [row[0] for row in db.execute("SELECT idx FROM sentences WHERE done = 1 ORDER BY idx")]
