@@ -161,7 +161,7 @@ async def _open_jobs(state: AppState, engine: Engine, speech: SpeechService, lim
     data_dir = settings.data_dir
     store = await anyio.to_thread.run_sync(JobStore, data_dir / "jobs.sqlite3")
     rows = settings.JOB_ROWS or engine.scheduler.limits.max_batch_size
-    speaker = LocalSpeaker(engine, speech.voices, limits)
+    speaker = state.peers.job_speaker(LocalSpeaker(engine, speech.voices, limits))  # a cluster: any replica
     runner = JobRunner(store, speaker, data_dir, rows, state.metrics.job_audio_seconds.inc)
     state.metrics.figures.jobs = store.count_by_status
     runner.start()

@@ -19,6 +19,7 @@ from api.state import app_state
 from cluster.peers import RayPeers
 from cluster.settings import ClusterSettings
 from config import Settings
+from services.jobs.store import SentenceText
 
 # Short requests (/health, /voices, /stream_status ...) a replica takes on top of its streams, so the
 # router never holds them behind streams; streams themselves are limited by the replica's own gate.
@@ -27,15 +28,16 @@ SHORT_REQUEST_HEADROOM = 16
 SHUTDOWN_MARGIN_S = 10.0
 
 _replica_app: FastAPI | None = None  # this replica process's app (check_health reads its state)
+_replica_peers: RayPeers | None = None  # its link to the others (speak_job_sentence speaks through it)
 
 
 def _build_replica_app() -> FastAPI:
     """Runs in each replica: the same app as `run.py` serves, linked to the other replicas."""
     from main import create_app  # imported in the replica, after its runtime env is in place
 
-    global _replica_app
+    global _replica_app, _replica_peers
     replica_id = serve.get_replica_context().replica_id
-    peers = RayPeers(replica_id.unique_id, replica_id.deployment_id.app_name)
+    peers = _replica_peers = RayPeers(replica_id.unique_id, replica_id.deployment_id.app_name)
     _replica_app = create_app(peers=peers, request_exit=lambda: None, wait_for_model=True)
     return _replica_app
 
@@ -50,6 +52,18 @@ class XttsReplica:
         state = app_state(_replica_app) if _replica_app is not None else None
         if state is not None and state.status == "failed":
             raise RuntimeError(state.failure or "the replica's model failed")
+
+    async def speak_job_sentence(self, request: dict[str, Any], index: int, chapter: int, text: str) -> dict[str, Any]:
+        """A job's sentence, sent by the replica driving the job (cluster/speaker.py): {"pcm"} or {"error"}."""
+        return await _speak_job_sentence(request, SentenceText(index, chapter, text))
+
+
+# Module functions, not the class's own code: Serve ships the class by value (its globals a copy, where
+# `_replica_peers` would stay None); a function is shipped by name, and reads this module's globals.
+async def _speak_job_sentence(request: dict[str, Any], sentence: SentenceText) -> dict[str, Any]:
+    if _replica_peers is None:
+        return {"error": "this replica is not started"}
+    return await _replica_peers.sentences.speak(request, sentence)
 
 
 def deployment_options(server: Settings, cluster: ClusterSettings) -> dict[str, Any]:

@@ -10,6 +10,8 @@ from typing import Any
 import ray
 
 from cluster.exchange import Exchange
+from cluster.speaker import ReplicaSentences, job_speaker
+from services.jobs.speaker import LocalSpeaker, SentenceSpeaker
 from services.peers import LocalAnswers, Question
 
 logger = logging.getLogger("xtts_server.cluster")
@@ -37,6 +39,8 @@ class RayPeers:
         self._application = application
         self._exchange: Any = None
         self._serving: asyncio.Task[None] | None = None
+        self.sentences = ReplicaSentences()
+        """Job sentences other replicas send here (`XttsReplica.speak_job_sentence`)."""
 
     async def start(self, answers: LocalAnswers) -> None:
         self._exchange = exchange_actor(self._application)
@@ -62,6 +66,10 @@ class RayPeers:
             logger.warning("could not ask the other replicas (%s): %s", question, type(error).__name__)
             return []
         return answers
+
+    def job_speaker(self, local: LocalSpeaker) -> SentenceSpeaker:
+        """This replica's job sentences go to any replica through Serve; `local` speaks those sent here."""
+        return job_speaker(self._application, self.sentences, local)
 
     async def _answer_forever(self, answers: LocalAnswers) -> None:
         while True:

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from services.errors import SessionConflict, SessionNotFound
 from services.sessions import SessionRegistry, StreamSession, StreamState
+
+if TYPE_CHECKING:
+    from services.jobs.speaker import LocalSpeaker, SentenceSpeaker
 
 Question = Literal["session", "cancel", "metrics"]
 
@@ -34,6 +37,11 @@ class Peers(Protocol):
         """Every other live replica's answer (those that do not answer in time are left out)."""
         ...
 
+    def job_speaker(self, local: LocalSpeaker) -> SentenceSpeaker:
+        """Who speaks this replica's job sentences: `local` (this engine) on its own; in a cluster, any replica
+        (and `local` then speaks the sentences other replicas send here)."""
+        ...
+
 
 class _NoPeers:
     replica: str | None = None
@@ -46,6 +54,9 @@ class _NoPeers:
 
     async def ask(self, question: Question, args: tuple[object, ...]) -> list[object]:
         return []
+
+    def job_speaker(self, local: LocalSpeaker) -> SentenceSpeaker:
+        return local
 
 
 NO_PEERS: Peers = _NoPeers()

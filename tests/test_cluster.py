@@ -10,6 +10,7 @@ tests/cluster_harness.py; the Serve configs are checked in test_cluster_config.p
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import threading
@@ -31,6 +32,7 @@ from tests.cluster_harness import (
     speech,
     wait_for_replicas,
 )
+from tests.conftest import BUILTIN_SPEAKER
 
 pytest.importorskip("ray", reason="the cluster extra (requirements-cluster.txt) is not installed")
 
@@ -172,6 +174,59 @@ def test_unknown_sessions_are_404_from_every_replica(cluster: Cluster) -> None:
         for _ in range(4):
             assert client.get("/stream_status/no-such-session").status_code == 404
             assert client.delete("/stream_cancel/no-such-session").status_code == 404
+
+
+JOB_TEXT = "\n\n".join(f"Paragraph {n} of a story the cluster reads." for n in range(1, 9))  # a sentence each
+
+
+def job_body(seed: int) -> dict[str, object]:
+    return {"text": JOB_TEXT, "voice": BUILTIN_SPEAKER, "format": "wav", "seed": seed}
+
+
+def replica_figures(cluster: Cluster, name: str) -> dict[str, float]:
+    """One metric's value for each replica, from one scrape through the router (every replica's series)."""
+    pattern = re.compile(rf'^{name}{{replica="([^"]+)"}} (\S+)$', re.MULTILINE)
+    return {replica: float(value) for replica, value in pattern.findall(httpx.get(f"{cluster.url}/metrics").text)}
+
+
+def test_a_job_is_spoken_by_both_replicas(cluster: Cluster) -> None:
+    steps_before = replica_figures(cluster, "xtts_batch_steps_total")
+    with httpx.Client(base_url=cluster.url, timeout=60) as client:
+        submitted = client.post("/v1/jobs", json=job_body(seed=11))
+    assert submitted.status_code == 202, submitted.text
+    job_id = submitted.json()["id"]
+    deadline = time.monotonic() + 180
+    while (job := httpx.get(f"{cluster.url}/v1/jobs/{job_id}", timeout=30).json())["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.3)
+    assert job["status"] == "completed" and job["sentences_done"] == job["sentences_total"] == 8, job
+    # Each replica's engine decoded some of the job's sentences (the driving replica sent them through Serve).
+    steps_after = replica_figures(cluster, "xtts_batch_steps_total")
+    assert set(steps_after) == cluster.replicas
+    idle = [replica for replica in cluster.replicas if steps_after[replica] <= steps_before[replica]]
+    assert not idle, f"replicas {idle} spoke none of the job's sentences"
+    audio = httpx.get(f"{cluster.url}/v1/jobs/{job_id}/audio", timeout=60)
+    assert audio.status_code == 200 and assert_complete_wav(audio.content).size > 0
+
+
+def test_a_cancelled_job_stops_on_every_replica(cluster: Cluster) -> None:
+    with httpx.Client(base_url=cluster.url, timeout=60) as client:
+        submitted = client.post("/v1/jobs", json={**job_body(seed=12), "text": "\n\n".join([LONG_TEXT] * 8)})
+        assert submitted.status_code == 202, submitted.text
+        job_id = submitted.json()["id"]
+        deadline = time.monotonic() + 60
+        while client.get(f"/v1/jobs/{job_id}").json()["sentences_done"] == 0:  # sentences being spoken
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    cancelled = httpx.delete(f"{cluster.url}/v1/jobs/{job_id}", timeout=30)
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled", cancelled.text
+    # The driving replica learns of it at its next heartbeat (runner.HEARTBEAT_S) and cancels its sentences on
+    # every replica: each engine's rows are free soon after.
+    deadline = time.monotonic() + 15
+    while any(replica_figures(cluster, "xtts_batch_streams").values()):
+        assert time.monotonic() < deadline, replica_figures(cluster, "xtts_batch_streams")
+        time.sleep(0.2)
+    assert httpx.get(f"{cluster.url}/v1/jobs/{job_id}", timeout=30).json()["status"] == "cancelled"
 
 
 def test_429_only_once_every_replica_is_full(cluster: Cluster) -> None:
