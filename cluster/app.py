@@ -49,9 +49,7 @@ class XttsReplica:
 
     def check_health(self) -> None:
         """Serve restarts a replica whose model failed (the lifespan's state says so)."""
-        state = app_state(_replica_app) if _replica_app is not None else None
-        if state is not None and state.status == "failed":
-            raise RuntimeError(state.failure or "the replica's model failed")
+        _check_health()
 
     async def speak_job_sentence(self, request: dict[str, Any], index: int, chapter: int, text: str) -> dict[str, Any]:
         """A job's sentence, sent by the replica driving the job (cluster/speaker.py): {"pcm"} or {"error"}."""
@@ -59,7 +57,13 @@ class XttsReplica:
 
 
 # Module functions, not the class's own code: Serve ships the class by value (its globals a copy, where
-# `_replica_peers` would stay None); a function is shipped by name, and reads this module's globals.
+# `_replica_app` and `_replica_peers` would stay None); a function is shipped by name, and reads this module's globals.
+def _check_health() -> None:
+    state = app_state(_replica_app) if _replica_app is not None else None
+    if state is not None and state.status == "failed":
+        raise RuntimeError(state.failure or "the replica's model failed")
+
+
 async def _speak_job_sentence(request: dict[str, Any], sentence: SentenceText) -> dict[str, Any]:
     if _replica_peers is None:
         return {"error": "this replica is not started"}
