@@ -67,7 +67,9 @@ def test_streamed_waveform_matches_a_one_shot_decode_of_the_same_latents(
             reference_latents = reference_latents.transpose(1, 2)
         reference = decoder(reference_latents, g=voice["speaker_embedding"])[0, 0]
     assert len(chunks) >= 3
-    assert snr_db(torch.cat(chunks), reference) > 30
+    # measured 96-108 dB with the tests' narrow vocoder (the full-size one: 69-81); without the context frames
+    # either side of a chunk 37-51 dB, with half of them 62-74
+    assert snr_db(torch.cat(chunks), reference) > 70
 
 
 def coquis_tokens(model: Xtts, cond: torch.Tensor, text_tokens: torch.Tensor, seed: int, **sampling: Any) -> list[int]:
