@@ -5,15 +5,21 @@ livekit/plugins/elevenlabs/tts.py): HTTP speech and timings, voices, errors, and
 from __future__ import annotations
 
 import base64
+import io
 import json
 from collections.abc import Iterator
 from typing import Any
 
+import av
+import numpy as np
 import pytest
 from fastapi import WebSocketDisconnect
 from fastapi.testclient import TestClient
 from starlette.testclient import WebSocketTestSession
 
+from api.elevenlabs.http import TimestampedEncoder
+from services.char_timings import CharTimeline, SpeakingRate
+from services.encoders import AudioEncoder
 from services.engine.text import sentencizer
 from tests.conftest import BUILTIN_SPEAKER, app_client, app_settings
 from tests.fakes import FakeEngine
@@ -209,3 +215,18 @@ def test_seed_in_the_query_makes_the_audio_of_the_same_seed_over_http(client: Te
     assert socket_audio("7") == over_http != socket_audio("8")  # (the bench compares first audio at equal seeds)
     with client.websocket_connect(f"{MULTI}&seed=-1") as socket:
         assert "seed must be a whole number" in socket.receive_json()["message"]
+
+
+def test_streamed_timestamps_in_mp3_carry_every_sample_including_the_held_back_end() -> None:
+    # The last 80 ms are held back until the end so the last character ends with its audio: they must be encoded
+    # before the mp3 encoder is flushed (flushing first raised EOFError and cut the stream short).
+    encoder = TimestampedEncoder(AudioEncoder("mp3", 44_100), CharTimeline(TEXT, SpeakingRate(), 1.0))
+    noise = (np.random.default_rng(0).uniform(-0.3, 0.3, 24_000) * 32767).astype("<i2").tobytes()
+    pieces = [noise[i : i + 12_000] for i in range(0, len(noise), 12_000)]  # four quarter-seconds
+    out = encoder.start() + b"".join(encoder.encode(piece) for piece in pieces) + encoder.finish()
+    lines = [json.loads(line) for line in out.splitlines() if line]
+    mp3 = b"".join(base64.b64decode(line["audio_base64"]) for line in lines)
+    with av.open(io.BytesIO(mp3)) as container:
+        samples = sum(frame.samples for frame in container.decode(audio=0))
+    assert samples / 44_100 == pytest.approx(1.0, abs=0.06)  # all of it, the held-back end included
+    assert "".join(char for line in lines for char in line.get("alignment", {}).get("characters", [])) == TEXT
