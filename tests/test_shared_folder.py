@@ -61,6 +61,9 @@ def test_a_replica_starting_mid_write_keeps_the_write(tmp_path: Path, monkeypatc
     assert store.load("saved")[0].name == "Saved"
 
 
+# live: two real processes racing on the folder (each starts Python and torch; their interleaving is timing); the
+# same race, made deterministic in-process, is the test above
+@pytest.mark.live
 def test_a_server_restarting_beside_one_that_saves_loses_nothing(tmp_path: Path) -> None:
     settings_file = tmp_path / XTTS_API_SETTINGS_FILE
     spawn = multiprocessing.get_context("spawn")  # real, fresh processes, as replicas are
