@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: run test test-fast lint bench bench-cluster cluster stress stress-short compare-precision system-deps browser-deps clean
+.PHONY: run test test-fast lint bench bench-jobs bench-cluster cluster stress stress-short compare-precision system-deps browser-deps clean
 
 # Debian's ffmpeg decodes uploads and provides the libraries torchcodec loads.
 system-deps:
@@ -61,6 +61,11 @@ lint: $(VENV)/.dev
 
 bench: system-deps $(VENV)/.dev
 	$(PY) -m bench.run_bench
+	$(PY) -m bench.jobs
+
+# Long-form jobs only (issue 25): a job against the same text as one stream, and a live first audio during a job.
+bench-jobs: system-deps $(VENV)/.dev
+	$(PY) -m bench.jobs
 
 # The server as REPLICAS Ray Serve replicas on a local Ray head (see README, Scaling out): make cluster REPLICAS=2
 REPLICAS ?= 2

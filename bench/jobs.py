@@ -2,6 +2,7 @@
 stream's first audio while a job runs, over HTTP against `python run.py` (the server as a user runs it).
 
     python -m bench.jobs                        # full-size random weights, default settings (int8 on a CPU)
+    make bench-jobs                             # the same (make bench runs it after bench/run_bench.py)
     python -m bench.jobs --size tiny --cap 30   # a quick check of the script itself
 
 - one stream: the text (`--sentences` sentences) as one /tts_stream request, read to its end;
@@ -82,7 +83,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=["tiny", "full"], default="full")
     parser.add_argument("--cap", type=int, default=60, help="MAX_AUDIO_TOKENS: audio tokens per sentence")
-    parser.add_argument("--sentences", type=int, default=12)
+    parser.add_argument("--sentences", type=int, default=24)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "jobs.json")
     args = parser.parse_args()
