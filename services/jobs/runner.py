@@ -122,12 +122,12 @@ class JobRunner:
 
     async def _loop(self) -> None:
         while True:
+            self._wake.clear()  # before looking: a wake while we look (a sentence done) means look again at once
             try:
                 await self._fill()
                 await self._heartbeat()
             except Exception:  # a bug here must not stop every job for good: log it and look again
                 logger.exception("the job runner failed; retrying")
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=HEARTBEAT_S)
 
