@@ -52,7 +52,7 @@ test: system-deps browser-deps $(VENV)/.dev
 	$(PY) -m pytest
 
 test-fast: system-deps $(VENV)/.dev
-	$(PY) -m pytest -m "unit or engine or app"
+	$(PY) -m pytest -m "unit or engine or app" --numprocesses=auto --maxprocesses=4
 
 lint: $(VENV)/.dev
 	$(PY) -m ruff check .

@@ -55,6 +55,16 @@ START_TIMEOUT_S = 180
 # an eighth of the time (the full-size vocoder was most of the engine and app tests' time). The precision bounds
 # the README states (tests/test_precision.py) decode with the full-size one (`full_size_vocoder`).
 TEST_VOCODER_CHANNELS = 64
+
+# Under pytest-xdist (`make test-fast` runs a worker per core), each worker builds its dummies and temporary files
+# in a folder of its own (two workers writing the same dummy files at once could read each other's half-written
+# ones), and torch uses one thread per worker (two workers of two threads on two cores slow each other down).
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if XDIST_WORKER:
+    tempfile.tempdir = str(Path(tempfile.gettempdir()) / f"xdist-{XDIST_WORKER}")
+    Path(tempfile.tempdir).mkdir(exist_ok=True)
+    os.environ["TMPDIR"] = tempfile.tempdir
+TEST_THREADS = 1 if XDIST_WORKER else 2
 DUMMY_DIR = Path(tempfile.gettempdir()) / "xtts-dummy"  # where the loader builds its dummies
 
 
@@ -116,14 +126,14 @@ def full_size_vocoder() -> HifiDecoder:
 @pytest.fixture(scope="session")
 def tiny_loaded() -> LoadedModel:
     require_layer("engine", "the tiny model")
-    return load_model(ModelChoice(dummy="tiny", num_threads=2))
+    return load_model(ModelChoice(dummy="tiny", num_threads=TEST_THREADS))
 
 
 @pytest.fixture(scope="session")
 def tiny_int8_loaded() -> LoadedModel:
     """The tiny model with GPT_PRECISION=int8, loaded as the server loads it."""
     require_layer("engine", "the tiny model")
-    return load_model(ModelChoice(dummy="tiny", num_threads=2, gpt_precision="int8"))
+    return load_model(ModelChoice(dummy="tiny", num_threads=TEST_THREADS, gpt_precision="int8"))
 
 
 @pytest.fixture(scope="session")
