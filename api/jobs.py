@@ -14,6 +14,8 @@ from api.deps import CallerDep, JobsDep
 from api.errors import OPENAI_ERROR_RESPONSES, OpenAIErrorBody
 from models.jobs import JobChapter, JobForm, JobOut, JobRequest
 from services.errors import InvalidInput, UnsupportedMediaType
+from services.formats import MEDIA_TYPES
+from services.jobs.assembly import JOB_FORMATS
 from services.jobs.documents import Document, document_from_text, read_document
 from services.jobs.service import JobProgress
 from services.speech import SpeechOptions
@@ -21,7 +23,7 @@ from services.speech import SpeechOptions
 # Under /v1, errors come in OpenAI's shape (api/errors.py), as for every /v1 route.
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=OPENAI_ERROR_RESPONSES)
 
-_MEDIA_TYPES = {"mp3": "audio/mpeg", "opus": "audio/ogg", "m4b": "audio/mp4", "flac": "audio/flac", "wav": "audio/wav"}
+_MEDIA_TYPES = {name: MEDIA_TYPES.get(name, "audio/mp4") for name in JOB_FORMATS}  # m4b: AAC in MP4
 _OPTION_NAMES = tuple(name for name in SpeechOptions.__dataclass_fields__ if name in JobRequest.model_fields)
 _UPLOAD_SCHEMA = {
     "type": "object",

@@ -36,6 +36,7 @@ The rules:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -125,7 +126,7 @@ def plan(running: Sequence[StreamView[K]], waiting: Sequence[StreamView[K]], lim
         background_room = max(limits.max_batch_size - taken, 0)
         background_joining = background_candidates[:background_room]
         background_waiting = background_candidates[background_room:]
-        unhurried = BatchLimits(limits.max_batch_size, limits.buffer_seconds, 0, limits.prefill_chunk)
+        unhurried = dataclasses.replace(limits, first_chunk_priority_steps=0)
         background = _plan_rows(background_staying, background_joining, unhurried)
     return StepPlan(
         leave=leave,

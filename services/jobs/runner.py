@@ -30,6 +30,7 @@ from typing import Any
 
 import anyio
 
+from services.engine.pcm import pcm_seconds
 from services.errors import ServiceError
 from services.jobs.assembly import ChapterAudio, assemble, chapter_file_name
 from services.jobs.files import JobFiles
@@ -173,7 +174,7 @@ class JobRunner:
             await anyio.to_thread.run_sync(run.files.write_piece, sentence.index, pcm)
             if await anyio.to_thread.run_sync(self.store.sentence_done, run.record.id, sentence.index, len(pcm) // 2):
                 run.chars_done_here += len(sentence.text)
-                self.on_audio(len(pcm) / 2 / 24_000)
+                self.on_audio(pcm_seconds(len(pcm)))
         except OSError as error:
             await self._fail(run, _disk_message(error))
         except ServiceError as error:

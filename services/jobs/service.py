@@ -14,9 +14,10 @@ from typing import Any
 
 import anyio
 
+from services.engine.pcm import OUTPUT_SAMPLE_RATE
 from services.engine.protocol import Engine
-from services.errors import JobNotFinished, JobNotFound, PayloadTooLarge, TooManyJobs
-from services.jobs.documents import Document
+from services.errors import JobNotFinished, JobNotFound, TooManyJobs
+from services.jobs.documents import Document, check_chars
 from services.jobs.files import JobFiles
 from services.jobs.runner import JobRunner
 from services.jobs.store import JobRecord, JobStore, SentenceText
@@ -74,11 +75,7 @@ class JobService:
         owner: str | None,
     ) -> JobRecord:
         """Check and plan the job, then queue it; raises a ServiceError (queueing nothing) if it cannot be served."""
-        if document.chars > self.limits.max_chars:
-            raise PayloadTooLarge(
-                f"the text has {document.chars} characters; MAX_JOB_CHARS is {self.limits.max_chars}",
-                max_job_chars=self.limits.max_chars,
-            )
+        check_chars(document, self.limits.max_chars)
         await self.speech.check_voice(language, voice)
         active = await anyio.to_thread.run_sync(self.store.count_active, owner)
         if active >= self.limits.max_active:
@@ -133,7 +130,7 @@ class JobService:
         pace = self.runner.pace(record.id)
         if record.status == "running" and pace:
             eta = (record.chars_total - record.chars_done) / pace
-        return JobProgress(record, round(done, 4), record.audio_samples / 24_000, eta)
+        return JobProgress(record, round(done, 4), record.audio_samples / OUTPUT_SAMPLE_RATE, eta)
 
     async def delete(self, job_id: str, owner: str | None, admin: bool) -> JobProgress:
         """Cancel an active job (its record stays, `cancelled`) or remove an ended one; its files go either way."""

@@ -37,8 +37,6 @@ class LocalSpeaker:
         self.engine = engine
         self.voices = voices
         self.limits = limits
-        self.preempted = 0
-        """Sentences a live stream took the row of (each started over)."""
 
     async def speak(self, request: dict[str, Any], sentence: SentenceText, cancel: threading.Event) -> bytes | None:
         voice = await self.voices.resolve(request["voice"])
@@ -50,8 +48,7 @@ class LocalSpeaker:
             try:
                 async for chunk in stream:
                     pieces.append(chunk)
-            except Preempted:  # a live stream took the row: start over, same seed, same audio
-                self.preempted += 1
+            except Preempted:  # a live stream took the row (the scheduler counts it): start over, same seed, same audio
                 continue
             finally:
                 await stream.wait_idle()
