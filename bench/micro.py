@@ -53,7 +53,7 @@ def _generate(engine: TTSEngine, voice: VoiceLatents, tokens: int) -> None:
     request = SynthesisRequest([Sentence("hello there.", text)], voice, params, threading.Event())
     decoder = GptBatchDecoder(engine.model, engine.device, engine.voice_prefix)
     decoder.join(request)
-    decoder.prefill(request)
+    decoder.prefill([(request, None)])
     while not decoder.step([request])[0].finished:
         pass
     decoder.leave(request)

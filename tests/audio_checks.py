@@ -10,6 +10,7 @@ import wave
 from pathlib import Path
 
 import numpy as np
+import torch
 
 
 def parse_streamed_wav(body: bytes) -> tuple[dict[str, int], np.ndarray]:
@@ -82,3 +83,8 @@ def pcm_snr_db(signal: bytes, reference: bytes) -> float:
     assert ours.shape == theirs.shape, (ours.shape, theirs.shape)
     noise = float(((ours - theirs) ** 2).sum())
     return float(10 * np.log10(max(float((theirs**2).sum()), 1e-20) / max(noise, 1e-20)))
+
+
+def snr_db(signal: torch.Tensor, reference: torch.Tensor) -> float:
+    """How far `signal` is from `reference`, in dB of the reference's power."""
+    return float(10 * torch.log10(reference.pow(2).sum() / (signal - reference).pow(2).sum().clamp_min(1e-20)))

@@ -13,7 +13,7 @@ import hashlib
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -94,14 +94,22 @@ class FakeDecoder:
         row = self._rows.get(request)
         return (1 if row is None or row.needs_prompt else 0), 0
 
-    def prefill(self, request: SynthesisRequest, positions: int | None = None) -> None:
-        row = self._rows[request]
-        row.chunks_made = 0
-        row.needs_prompt = False
+    def prefill(self, chunks: Sequence[tuple[SynthesisRequest, int | None]]) -> None:
+        seeds = [request.params.seed for request, _ in chunks]
+        self._engine.prefills.append(seeds)
+        self._engine.calls.append(("prefill", seeds))
+        if self._engine.fail_prefill_seed in seeds:
+            raise RuntimeError("the fake prefill failed")
+        time.sleep(self._engine.prefill_delay_s)
+        for request, _ in chunks:
+            row = self._rows[request]
+            row.chunks_made = 0
+            row.needs_prompt = False
 
     def step(self, requests: list[SynthesisRequest]) -> list[RowOutput]:
         engine = self._engine
         engine.batches.append([request.params.seed for request in requests])
+        engine.calls.append(("step", engine.batches[-1]))
         engine.chunks_made += len(requests)
         if engine.fail_at_chunk is not None and engine.chunks_made >= engine.fail_at_chunk:
             raise RuntimeError("the fake model failed")
@@ -144,8 +152,17 @@ class FakeEngine:
         fail_row_seed: int | None = None,
         fail_row_at_chunk: int = 1,
         hold_warm_up: threading.Event | None = None,
+        fail_prefill_seed: int | None = None,
+        prefill_delay_s: float = 0.0,
     ) -> None:
+        self.prefill_delay_s = prefill_delay_s
+        self.calls: list[tuple[str, list[int | None]]] = []
+        """("prefill" or "step", the seeds of its streams), call by call."""
         self.chunks_per_sentence = chunks_per_sentence
+        self.fail_prefill_seed = fail_prefill_seed
+        """A prefill that includes the stream with this seed raises (as a forward pass that failed)."""
+        self.prefills: list[list[int | None]] = []
+        """The seeds of the streams in each prefill call, call by call."""
         self.chunk_seconds = chunk_seconds
         self.chunk_delay_s = chunk_delay_s
         self.warm_up_s = warm_up_s

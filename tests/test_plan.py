@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from services.engine.plan import BatchLimits, Prefill, StreamView, plan
 
 LIMITS = BatchLimits(max_batch_size=3, buffer_seconds=2.0, first_chunk_priority_steps=4, prefill_chunk=32)
@@ -152,6 +154,18 @@ def test_background_streams_step_together_when_no_live_stream_needs_the_model() 
     assert decision.step == ["j1", "j2"]
     decision = plan([job("j1"), job("j2", prompt=8, has_audio=False)], [], LIMITS)
     assert decision.step == ["j1", "j2"]  # nobody listens to a job's first chunk: it does not step alone
+
+
+def test_background_prompts_advance_a_whole_chunk_each_several_a_step_busy_or_not() -> None:
+    limits = dataclasses.replace(LIMITS, max_batch_size=8, background_prefill_chunks=2)
+    waiting = [job("j1", prompt=70, has_audio=False), job("j2", prompt=20, has_audio=False), job("j3", prompt=40)]
+    idle = plan([], waiting, limits)
+    # nobody steps, yet no prompt is prefilled whole: each is cut at the same places whoever else is there
+    assert idle.prefill == [Prefill("j1", 32), Prefill("j2", 20)]
+    assert idle.step == ["j2"] and idle.join == ["j1", "j2", "j3"]
+    busy = plan([job("j0"), job("j1", prompt=38, has_audio=False)], [job("j3", prompt=40)], limits)
+    assert busy.prefill == [Prefill("j1", 32), Prefill("j3", 32)]  # several prompts in the step, whole chunks
+    assert busy.step == ["j0"]
 
 
 def test_a_live_stream_that_steps_holds_every_background_stream() -> None:

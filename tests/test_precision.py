@@ -29,16 +29,13 @@ from services.engine.precision import (
 from services.engine.tts import TTSEngine
 from services.engine.vocoder import IncrementalVocoder
 from services.errors import ModelUnavailable
+from tests.audio_checks import snr_db
 from tests.conftest import BUILTIN_SPEAKER, TINY_APP_AUDIO_TOKENS, app_client, app_settings
 from tests.engine_runs import tokens_of
 
 TEXTS = ["the first sentence of a longer text.", "a second one follows it here.", "and a third ends it."]
 # precision: (latent SNR dB, top-1 agreement, waveform SNR dB) at least; measured 46/0.97/.., 64/1.0/.., 38/0.95/..
 BOUNDS = {"bfloat16": (38.0, 0.93, 25.0), "float16": (55.0, 0.99, 40.0), "int8": (32.0, 0.9, 20.0)}
-
-
-def snr_db(signal: torch.Tensor, reference: torch.Tensor) -> float:
-    return float(10 * torch.log10(reference.pow(2).sum() / (signal - reference).pow(2).sum().clamp_min(1e-20)))
 
 
 @pytest.fixture(scope="module")

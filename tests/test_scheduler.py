@@ -201,3 +201,60 @@ def test_a_live_stream_takes_a_background_streams_row_and_the_background_one_end
         assert engine.scheduler.preempted == 1
     finally:
         engine.shutdown()
+
+
+def test_prompts_due_together_are_prefilled_in_one_call_and_a_failing_one_fails_alone() -> None:
+    engine = FakeEngine(chunks_per_sentence=8, chunk_delay_s=0.05, fail_prefill_seed=2)
+
+    async def run() -> tuple[SynthesisStream, SynthesisStream, SynthesisStream]:
+        playing, _ = await fake_stream(engine, "A sentence already playing.", seed=1)
+        chunks = aiter(playing)
+        await anext(chunks)  # it steps now (50 ms a step): both newcomers arrive during one step
+        failing, _ = await fake_stream(engine, "A prompt whose prefill fails.", seed=2)
+        healthy, _ = await fake_stream(engine, "A prompt beside it.", seed=3)
+        counts = await asyncio.gather(*(drain(aiter(stream)) for stream in (failing, healthy)), drain(chunks))
+        assert counts[:2] == ["the fake prefill failed", 8]
+        return playing, failing, healthy
+
+    async def drain(chunks: AsyncIterator[bytes]) -> int | str:
+        try:
+            return len([chunk async for chunk in chunks])
+        except RuntimeError as error:  # the stream's error reaches its reader
+            return str(error)
+
+    try:
+        playing, failing, healthy = asyncio.run(run())
+        assert [2, 3] in engine.prefills, engine.prefills  # one call for both
+        assert engine.prefills[engine.prefills.index([2, 3]) + 1 :][:2] == [[2], [3]]  # then each alone
+        assert not failing.complete and healthy.complete and playing.complete
+    finally:
+        engine.shutdown()
+
+
+def test_a_live_stream_that_arrives_during_a_background_prefill_goes_before_the_background_step() -> None:
+    engine = FakeEngine(chunks_per_sentence=60, chunk_delay_s=0.01, prefill_delay_s=0.3)
+
+    async def run() -> None:
+        sentences = await engine.plan("A job's sentence.", "en", True)
+        voice = engine.builtin_speakers["Dummy Alto"]
+
+        def job(seed: int) -> SynthesisStream:
+            return engine.synthesize(sentences, voice, GenerationParams(seed=seed), threading.Event(), background=True)
+
+        first = aiter(job(11))
+        await anext(first)  # it steps
+        # the second's prompt takes 0.3 s, in the step that would step the first again (a stream joins once read)
+        second = asyncio.create_task(drain(aiter(job(12))))
+        await asyncio.sleep(0.1)
+        live, _ = await fake_stream(engine, "A live one.", seed=3)
+        await asyncio.gather(drain(first), second, drain(aiter(live)))
+
+    async def drain(chunks: AsyncIterator[bytes]) -> int:
+        return len([chunk async for chunk in chunks])
+
+    try:
+        asyncio.run(run())
+        after = engine.calls[engine.calls.index(("prefill", [12])) + 1 :]
+        assert after[:2] == [("prefill", [3]), ("step", [3])], engine.calls  # the background step was skipped
+    finally:
+        engine.shutdown()

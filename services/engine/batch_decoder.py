@@ -12,8 +12,9 @@ numerical blow-up) fails alone: it samples nothing, leaves, and the other rows s
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from transformers.generation.logits_process import LogitsProcessorList
@@ -30,7 +31,7 @@ from services.engine.gpt_sampler import (
     token_limit,
 )
 from services.engine.latents import VoiceLatents
-from services.engine.prompt_prefill import PendingPrompt
+from services.engine.prompt_prefill import PendingPrompt, PrefillChunk, advance_together
 from services.engine.scheduler import RowOutput
 from services.engine.stream import StepTimings, StreamReport, SynthesisRequest
 from services.engine.vocoder import IncrementalVocoder
@@ -101,17 +102,23 @@ class GptBatchDecoder:
             return 0, self._pending(request, state).left
         return 0, 0
 
-    def prefill(self, request: SynthesisRequest, positions: int | None = None) -> None:
-        """Prefill the next `positions` positions (None: all) of the stream's pending prompt; a prompt that
-        completes while its row is between sentences goes into the row at once."""
+    def prefill(self, chunks: Sequence[tuple[SynthesisRequest, int | None]]) -> None:
+        """Prefill the next `positions` positions (None: all) of each stream's pending prompt, in one forward
+        pass; a prompt that completes while its row is between sentences goes into the row at once."""
         started = time.perf_counter()
-        state = self._rows[request]
-        pending = self._pending(request, state)
-        pending.advance(self.model.gpt, lambda: self._voice_prefix(request.voice), positions)
-        if state.sentence is None and pending.left == 0:
-            self.sentences_started_late += state.sentence_index > 0
-            self._start_sentence(request, state)
-        state.timings.prefill_s += time.perf_counter() - started
+        work = []
+        for request, positions in chunks:
+            pending = self._pending(request, self._rows[request])
+            work.append(PrefillChunk(pending, partial(self._voice_prefix, request.voice), positions))
+        advance_together(self.model.gpt, work)
+        for request, _ in chunks:
+            state = self._rows[request]
+            if state.sentence is None and state.pending is not None and state.pending.left == 0:
+                self.sentences_started_late += state.sentence_index > 0
+                self._start_sentence(request, state)
+        share = (time.perf_counter() - started) / len(chunks)
+        for request, _ in chunks:
+            self._rows[request].timings.prefill_s += share
 
     def _pending(self, request: SynthesisRequest, state: RowState) -> PendingPrompt:
         """The prompt the row needs next (made on first ask: its embeddings cost no GPT pass)."""

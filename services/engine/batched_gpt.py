@@ -9,12 +9,24 @@ The step is GPT-2's block written out (ln_1 -> attention -> residual -> ln_2 -> 
 ln_f), calling the blocks' own submodules, so it runs whatever GPT_PRECISION made of their linear layers.
 XTTS adds its position embeddings before the transformer (GPT-2's own are null), so a row's position
 matters only through its cache length.
+
+Prompts are prefilled the same way (`prefill_together`): several prompts' chunks go through the blocks'
+linear layers as one run of positions (sharing each weight read), and attention is computed row by row.
+
+Batch-invariant: a row's numbers do not depend on the other rows. The linear layers and norms work
+token by token (int8's activations are quantized per row, and int8 products are summed exactly), and
+attention runs per row over that row's own positions, never over a span padded to the longest row
+(CPU attention kernels sum in blocks whose layout follows the span, so padding moved the rounding).
+So in int8 a stream, or a long-form job's sentence, is bit for bit the same alone or beside any others
+(tests/test_batching.py), as long as its prompt is cut into the same chunks.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+from transformers.models.gpt2.modeling_gpt2 import GPT2MLP
 from TTS.tts.layers.xtts.gpt import GPT
 
 from services.engine.gpt_sampler import PrefixKV, cache_after, cached_kv
@@ -104,6 +116,92 @@ class SlotKVCache:
         self.peak_bytes = max(self.peak_bytes, self.allocated_bytes())
 
 
+class PromptCache:
+    """One prompt's keys and values while it is prefilled: [1, heads, capacity, head_dim] per layer, allocated
+    once for the whole prompt (the voice's prefix copied in first), `length` positions filled."""
+
+    def __init__(self, gpt: GPT, prefix: PrefixKV, capacity: int) -> None:
+        transformer = gpt.gpt
+        heads = transformer.config.n_head
+        head_dim = transformer.config.n_embd // heads
+        self.length = prefix[0][0].shape[2] if prefix else 0
+        shape = (1, heads, max(capacity, self.length), head_dim)
+        device = transformer.ln_f.weight.device
+        self.keys = [torch.empty(shape, dtype=transformer_dtype(gpt), device=device) for _ in transformer.h]
+        self.values = [torch.empty_like(keys) for keys in self.keys]
+        for layer, (keys, values) in enumerate(prefix):
+            self.keys[layer][:, :, : self.length] = keys
+            self.values[layer][:, :, : self.length] = values
+
+    def kv(self) -> PrefixKV:
+        """The filled positions' keys and values per layer (views)."""
+        return tuple(
+            (keys[:, :, : self.length], values[:, :, : self.length])
+            for keys, values in zip(self.keys, self.values, strict=True)
+        )
+
+
+def prefill_together(gpt: GPT, caches: list[PromptCache], chunks: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Run each prompt's next positions (`chunks[i]` [T_i, C] embeddings after what `caches[i]` holds) in one
+    forward pass; returns each one's last hidden state [1, C] (float32, after ln_f) and extends its cache.
+
+    The chunks' positions are concatenated into one run for the linear layers; attention is causal within
+    each prompt and sees only its own cache. Each cache must have room for its chunk.
+    """
+    transformer = gpt.gpt
+    heads = transformer.config.n_head
+    head_dim = transformer.config.n_embd // heads
+    sizes = [chunk.shape[0] for chunk in chunks]
+    starts = [cache.length for cache in caches]
+    assert all(cache.keys[0].shape[2] >= start + size for cache, start, size in zip(caches, starts, sizes, strict=True))
+    offsets = [sum(sizes[:index]) for index in range(len(sizes))]
+    device = chunks[0].device
+    # query t of a prompt attends to its cached positions and its chunk's positions up to t
+    masks = [
+        torch.arange(start + size, device=device)[None, :] <= (start + torch.arange(size, device=device))[:, None]
+        for start, size in zip(starts, sizes, strict=True)
+    ]
+    dtype = transformer_dtype(gpt)
+    x = torch.cat(chunks).to(dtype)[None]
+    total = x.shape[1]
+    for layer, block in enumerate(transformer.h):
+        attention = block.attn
+        query, key, value = _wide(attention.c_attn, block.ln_1(x)).split(attention.split_size, dim=2)
+        query, key, value = (t.reshape(total, heads, head_dim).transpose(0, 1) for t in (query, key, value))
+        attended = torch.empty(heads, total, head_dim, dtype=dtype, device=device)
+        for cache, start, size, offset, mask in zip(caches, starts, sizes, offsets, masks, strict=True):
+            keys, values = cache.keys[layer], cache.values[layer]
+            keys[0, :, start : start + size] = key[:, offset : offset + size]
+            values[0, :, start : start + size] = value[:, offset : offset + size]
+            attended[:, offset : offset + size] = F.scaled_dot_product_attention(
+                query[None, :, offset : offset + size],
+                keys[:, :, : start + size],
+                values[:, :, : start + size],
+                attn_mask=mask,
+            )[0]
+        x = x + _wide(attention.c_proj, attended.transpose(0, 1).reshape(1, total, heads * head_dim))
+        x = x + _wide_mlp(block.mlp, block.ln_2(x))
+    for cache, size in zip(caches, sizes, strict=True):
+        cache.length += size
+    hidden = transformer.ln_f(x)[0]
+    return [hidden[offset + size - 1 : offset + size].float() for offset, size in zip(offsets, sizes, strict=True)]
+
+
+def _wide(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A linear layer on many positions: its `forward_wide` where the precision gave it one (int8's bfloat16
+    weights for prompts, precision.RowwiseQuantizedLinear), else its forward."""
+    forward_wide = getattr(layer, "forward_wide", None)
+    return forward_wide(x) if forward_wide is not None else layer(x)
+
+
+def _wide_mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """GPT-2's MLP (c_fc, activation, c_proj; dropout is off in eval) through `_wide`; an MLP the kernels
+    replaced whole (OpenVINO's) runs as it is."""
+    if not isinstance(mlp, GPT2MLP):
+        return mlp(x)
+    return _wide(mlp.c_proj, mlp.act(_wide(mlp.c_fc, x)))
+
+
 def prefill(gpt: GPT, prompt: torch.Tensor, prefix_kv: PrefixKV | None) -> tuple[torch.Tensor, PrefixKV]:
     """Run one stream's prompt embeddings [1, T, C] after its cached conditioning prefix (if any).
 
@@ -121,8 +219,9 @@ def decode_step(
     """One position for rows first_row .. first_row + len(inputs) - 1: inputs [n, C] -> hidden [n, C]
     (float32, after ln_f). A contiguous range of rows is a view of the cache: nothing is copied.
 
-    Rows not `active` (a paused stream, one between sentences) are computed but their lengths do not
-    advance, so the key and value written for them are overwritten by their next real step.
+    Rows not `active` (a paused stream, one between sentences) go through the linear layers but not
+    attention, and their lengths do not advance, so the key and value written for them are overwritten by
+    their next real step; their hidden state means nothing.
     """
     transformer = gpt.gpt
     rows = inputs.shape[0]
@@ -132,9 +231,6 @@ def decode_step(
     device = inputs.device
     lengths = torch.tensor(row_lengths, device=device)
     row_index = torch.arange(first_row, stop, device=device)
-    span = max(row_lengths) + 1
-    # row i attends to its positions 0..lengths[i] (its new one included) and to nothing beyond
-    mask = (torch.arange(span, device=device)[None, :] <= lengths[:, None])[:, None, None, :]
     heads, head_dim = cache.heads, cache.head_dim
     x = inputs.to(cache.dtype)[:, None, :]
     for layer, block in enumerate(transformer.h):
@@ -143,12 +239,17 @@ def decode_step(
         keys, values = cache.keys[layer], cache.values[layer]
         keys[row_index, :, lengths] = key.reshape(rows, heads, head_dim)
         values[row_index, :, lengths] = value.reshape(rows, heads, head_dim)
-        attended = F.scaled_dot_product_attention(
-            query.reshape(rows, 1, heads, head_dim).transpose(1, 2),
-            keys[first_row:stop, :, :span],
-            values[first_row:stop, :, :span],
-            attn_mask=mask,
-        )
+        query = query.reshape(rows, 1, heads, head_dim).transpose(1, 2)
+        # row by row, over its own positions 0..length (its new one included): see the module's docstring
+        attended = torch.zeros(rows, heads, 1, head_dim, dtype=cache.dtype, device=device)
+        for offset, (length, advance) in enumerate(zip(row_lengths, active, strict=True)):
+            if advance:  # a row that does not advance is ignored: its attention is not worth computing
+                row = first_row + offset
+                attended[offset] = F.scaled_dot_product_attention(
+                    query[offset : offset + 1],
+                    keys[row : row + 1, :, : length + 1],
+                    values[row : row + 1, :, : length + 1],
+                )[0]
         x = x + attention.c_proj(attended.transpose(1, 2).reshape(rows, 1, heads * head_dim))
         x = x + block.mlp(block.ln_2(x))
     for row, advance in enumerate(active, start=first_row):

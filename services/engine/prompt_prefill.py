@@ -5,19 +5,19 @@ start-audio token. Its positions are run through the GPT a chunk at a time, betw
 cache of its own: the row it is for may still be speaking its previous sentence, so the prompt's keys and
 values are copied into that row only once the previous sentence has ended (`SlotKVCache.fill`). Attention
 is causal, so a chunk sees exactly the positions before it, as in one pass; only float rounding differs.
+Several prompts' chunks due in the same step run in one forward pass (`advance_together`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
 from TTS.tts.layers.xtts.gpt import GPT
 
-from services.engine.gpt_sampler import PrefixKV, SentencePrompt, cache_after, cached_kv
-from services.engine.precision import run_transformer
+from services.engine.batched_gpt import PromptCache, prefill_together
+from services.engine.gpt_sampler import PrefixKV, SentencePrompt
 
 
 @dataclass
@@ -27,7 +27,7 @@ class PendingPrompt:
     sentence_index: int
     prompt: SentencePrompt
     done: int = 0
-    _cache: DynamicCache | None = None
+    _cache: PromptCache | None = None
     _hidden: torch.Tensor | None = None
 
     @property
@@ -41,18 +41,43 @@ class PendingPrompt:
 
     def advance(self, gpt: GPT, voice_prefix: Callable[[], PrefixKV], positions: int | None = None) -> None:
         """Prefill the next `positions` positions (None: the rest)."""
-        if self._cache is None:
-            self._cache = cache_after(voice_prefix())
-        stop = self.positions if positions is None else min(self.positions, self.done + positions)
-        if stop <= self.done:
-            return
-        chunk = self.prompt.after_conditioning()[:, self.done : stop]
-        hidden = run_transformer(gpt, chunk, past_key_values=self._cache, use_cache=True)
-        self._hidden = hidden[:, -1]
-        self.done = stop
+        advance_together(gpt, [PrefillChunk(self, voice_prefix, positions)])
 
     def result(self) -> tuple[torch.Tensor, PrefixKV]:
         """The last position's hidden state [1, C] (before XTTS's final norm) and every position's keys and
         values, prefix included, for the row; once `left` is 0."""
         assert self.left == 0 and self._cache is not None and self._hidden is not None, "prompt not complete"
-        return self._hidden, cached_kv(self._cache)
+        return self._hidden, self._cache.kv()
+
+
+@dataclass(frozen=True)
+class PrefillChunk:
+    """The next `positions` positions (None: the rest) of a pending prompt, whose voice prefix is `voice_prefix()`."""
+
+    pending: PendingPrompt
+    voice_prefix: Callable[[], PrefixKV]
+    positions: int | None = None
+
+
+def advance_together(gpt: GPT, chunks: Sequence[PrefillChunk]) -> None:
+    """Prefill each chunk's positions, all of them in one forward pass (batched_gpt.prefill_together)."""
+    work = []
+    for chunk in chunks:
+        pending = chunk.pending
+        if pending._cache is None:
+            prefix = chunk.voice_prefix()
+            capacity = (prefix[0][0].shape[2] if prefix else 0) + pending.positions
+            pending._cache = PromptCache(gpt, prefix, capacity)
+        stop = pending.positions if chunk.positions is None else min(pending.positions, pending.done + chunk.positions)
+        if stop > pending.done:
+            work.append((pending, stop))
+    if not work:
+        return
+    hidden = prefill_together(
+        gpt,
+        [pending._cache for pending, _ in work],  # type: ignore[misc]
+        [pending.prompt.after_conditioning()[0, pending.done : stop] for pending, stop in work],
+    )
+    for (pending, stop), last in zip(work, hidden, strict=True):
+        pending._hidden = last
+        pending.done = stop

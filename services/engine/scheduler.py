@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -59,8 +59,8 @@ class Decoder(Protocol):
         """(prompt positions it needs before it can step, positions of its next sentence's prompt still ahead)."""
         ...
 
-    def prefill(self, request: SynthesisRequest, positions: int | None = None) -> None:
-        """Prefill the next `positions` positions (None: all) of the stream's pending prompt."""
+    def prefill(self, chunks: Sequence[tuple[SynthesisRequest, int | None]]) -> None:
+        """Prefill the next `positions` positions (None: all) of each stream's pending prompt, together."""
 
     def step(self, requests: list[SynthesisRequest]) -> list[RowOutput]:
         """One token for each of `requests` (all of them in the batch), in one forward pass."""
@@ -154,9 +154,18 @@ class BatchScheduler:
             self._waiting = [stream for stream in self._waiting if stream not in taken]
         self._carry_out(decision)
         stepping = [stream for stream in decision.step if stream in self._running]  # a failed prefill left
+        if stepping and decision.prefill and self._live_arrived(stepping):
+            return True  # a live stream came during this step's prefill: it goes before the background step
         if stepping:
             self._decode(stepping)
         return not decision.idle
+
+    def _live_arrived(self, stepping: list[EngineStream]) -> bool:
+        """Whether only background streams were to step and a live stream is now waiting."""
+        if not all(stream.request.background for stream in stepping):
+            return False
+        with self._lock:
+            return any(not stream.request.background for stream in self._waiting)
 
     def _waiting_view(self, stream: EngineStream) -> StreamView[EngineStream]:
         cancelled = stream.request.cancel.is_set()
@@ -187,10 +196,23 @@ class BatchScheduler:
             self._running[stream] = _Scheduled()
             self.decoder.join(stream.request)
         self.peak_batch = max(self.peak_batch, len(self._running))
-        for chunk in decision.prefill:
-            stream = chunk.key
+        if decision.prefill:
+            self._prefill([(chunk.key, chunk.positions) for chunk in decision.prefill])
+
+    def _prefill(self, chunks: list[tuple[EngineStream, int | None]]) -> None:
+        """The step's prefill chunks in one pass; if that fails, each alone, so only a prompt that fails alone fails."""
+        try:
+            self.decoder.prefill([(stream.request, positions) for stream, positions in chunks])
+            return
+        except Exception as error:
+            if len(chunks) == 1:
+                logger.exception("prefill failed")
+                self._fail(chunks[0][0], error)
+                return
+            logger.warning("a batched prefill of %d prompts failed; trying each alone", len(chunks), exc_info=True)
+        for stream, positions in chunks:
             try:
-                self.decoder.prefill(stream.request, chunk.positions)
+                self.decoder.prefill([(stream.request, positions)])
             except Exception as error:
                 logger.exception("prefill failed")
                 self._fail(stream, error)
