@@ -18,6 +18,7 @@ from transformers.pytorch_utils import Conv1D
 
 from services.engine import gpt_kernels
 from services.engine.batched_gpt import SlotKVCache, decode_step, prefill
+from services.engine.block_parts import block_parts
 from services.engine.model_loader import LoadedModel
 from services.engine.precision import apply_gpt_precision, run_transformer
 
@@ -138,6 +139,8 @@ def test_the_decode_step_on_openvino_equals_a_full_forward_pass_per_row(tiny_loa
                 histories[row] = torch.cat([history, inputs[row][None, None]], dim=1)
                 expected = run_transformer(gpt, histories[row])[0, -1]
                 assert torch.allclose(hidden[row], expected, atol=1e-4), row
+    # OpenVINO's calls are opaque to tracing: the blocks run eagerly around them
+    assert not any(isinstance(before, torch.jit.ScriptModule) for before, _ in block_parts(gpt))
 
 
 def test_int8_runs_torchs_rowwise_kernels_unless_openvino_is_named(

@@ -29,6 +29,7 @@ from torch import nn
 from transformers.models.gpt2.modeling_gpt2 import GPT2MLP
 from TTS.tts.layers.xtts.gpt import GPT
 
+from services.engine.block_parts import block_parts
 from services.engine.gpt_sampler import PrefixKV, cache_after, cached_kv
 from services.engine.precision import run_transformer, transformer_dtype
 
@@ -233,13 +234,11 @@ def decode_step(
     row_index = torch.arange(first_row, stop, device=device)
     heads, head_dim = cache.heads, cache.head_dim
     x = inputs.to(cache.dtype)[:, None, :]
-    for layer, block in enumerate(transformer.h):
-        attention = block.attn
-        query, key, value = attention.c_attn(block.ln_1(x)).split(attention.split_size, dim=2)
+    for layer, (before_attention, after_attention) in enumerate(block_parts(gpt)):
+        query, key, value = before_attention(x)
         keys, values = cache.keys[layer], cache.values[layer]
-        keys[row_index, :, lengths] = key.reshape(rows, heads, head_dim)
-        values[row_index, :, lengths] = value.reshape(rows, heads, head_dim)
-        query = query.reshape(rows, 1, heads, head_dim).transpose(1, 2)
+        keys[row_index, :, lengths] = key
+        values[row_index, :, lengths] = value
         # row by row, over its own positions 0..length (its new one included): see the module's docstring
         attended = torch.zeros(rows, heads, 1, head_dim, dtype=cache.dtype, device=device)
         for offset, (length, advance) in enumerate(zip(row_lengths, active, strict=True)):
@@ -250,8 +249,7 @@ def decode_step(
                     keys[row : row + 1, :, : length + 1],
                     values[row : row + 1, :, : length + 1],
                 )[0]
-        x = x + attention.c_proj(attended.transpose(1, 2).reshape(rows, 1, heads * head_dim))
-        x = x + block.mlp(block.ln_2(x))
+        x = after_attention(x, attended)
     for row, advance in enumerate(active, start=first_row):
         if advance:
             cache.lengths[row] += 1
