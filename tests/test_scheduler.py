@@ -258,3 +258,28 @@ def test_a_live_stream_that_arrives_during_a_background_prefill_goes_before_the_
         assert after[:2] == [("prefill", [3]), ("step", [3])], engine.calls  # the background step was skipped
     finally:
         engine.shutdown()
+
+
+def test_a_newcomer_that_arrives_during_a_live_streams_prefill_steps_first() -> None:
+    engine = FakeEngine(chunks_per_sentence=4, chunk_delay_s=0.01, prefill_delay_s=0.3)
+
+    async def run() -> None:
+        playing, _ = await fake_stream(engine, "The first sentence. And the second one.", seed=1)
+        chunks = aiter(playing)
+        for _ in range(4):  # its first sentence; its second one's prompt (0.3 s) comes next
+            await anext(chunks)
+        reading = asyncio.create_task(drain(chunks))
+        await asyncio.sleep(0.1)
+        newcomer, _ = await fake_stream(engine, "A newcomer.", seed=3)
+        await asyncio.gather(reading, drain(aiter(newcomer)))
+
+    async def drain(chunks: AsyncIterator[bytes]) -> int:
+        return len([chunk async for chunk in chunks])
+
+    try:
+        asyncio.run(run())
+        second_prompt = [index for index, call in enumerate(engine.calls) if call == ("prefill", [1])][1]
+        after = engine.calls[second_prompt + 1 :]
+        assert after[:2] == [("prefill", [3]), ("step", [3])], engine.calls  # the newcomer before the first's step
+    finally:
+        engine.shutdown()

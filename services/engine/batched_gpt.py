@@ -229,11 +229,24 @@ def decode_step(
     stop = first_row + rows
     row_lengths = cache.lengths[first_row:stop]
     cache.reserve(max(row_lengths) + 1)
-    device = inputs.device
-    lengths = torch.tensor(row_lengths, device=device)
-    row_index = torch.arange(first_row, stop, device=device)
-    heads, head_dim = cache.heads, cache.head_dim
     x = inputs.to(cache.dtype)[:, None, :]
+    with torch.jit.optimized_execution(False):  # see block_parts: no re-specialising as the row count changes
+        x = _blocks(gpt, cache, x, row_lengths, active, first_row)
+    for row, advance in enumerate(active, start=first_row):
+        if advance:
+            cache.lengths[row] += 1
+    return transformer.ln_f(x)[:, 0].float()
+
+
+def _blocks(
+    gpt: GPT, cache: SlotKVCache, x: torch.Tensor, row_lengths: list[int], active: list[bool], first_row: int
+) -> torch.Tensor:
+    """decode_step's pass through the blocks (the lengths are those before this step)."""
+    rows = x.shape[0]
+    device = x.device
+    lengths = torch.tensor(row_lengths, device=device)
+    row_index = torch.arange(first_row, first_row + rows, device=device)
+    heads, head_dim = cache.heads, cache.head_dim
     for layer, (before_attention, after_attention) in enumerate(block_parts(gpt)):
         query, key, value = before_attention(x)
         keys, values = cache.keys[layer], cache.values[layer]
@@ -250,7 +263,4 @@ def decode_step(
                     values[row : row + 1, :, : length + 1],
                 )[0]
         x = after_attention(x, attended)
-    for row, advance in enumerate(active, start=first_row):
-        if advance:
-            cache.lengths[row] += 1
-    return transformer.ln_f(x)[:, 0].float()
+    return x

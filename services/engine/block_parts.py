@@ -7,7 +7,10 @@ size, int8: 518 -> 330 us for one block's after-attention part). Attention stays
 parts, because it runs row by row over each row's own length (see batched_gpt).
 
 The graphs call the very same modules and ops, so their numbers are bit for bit eager's
-(tests/test_batching.py), and they work for any number of rows (traced shapes are read at run time).
+(tests/test_block_parts.py), and they work for any number of rows (traced shapes are read at run time).
+They run with TorchScript's graph optimization off (`torch.jit.optimized_execution(False)` in
+batched_gpt): its profiling executor specialises a graph to the shapes it saw and re-profiles when the row
+count changes, which a continuous batch does all the time; the interpreter alone is what saves the time.
 Only torch's own layers are traced; a block whose linear layers run elsewhere (OpenVINO's kernels) runs
 eagerly, as tracing cannot see into them.
 """

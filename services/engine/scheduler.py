@@ -3,7 +3,9 @@
 Each step runs as a job on the model thread, so other model work (cloning, warm-up) still gets its turn
 between steps. A step asks the policy (`plan.plan`) what to do, carries the plan out with the decoder
 (leave, join, prefill, one batched forward pass for every stream that steps) and posts each stream's
-audio and events to its channel. The scheduler keeps only its own facts per stream (`_Scheduled`);
+audio and events to its channel. A step's prefill can take a few hundred ms: a live newcomer that
+arrives meanwhile, and would step first if the plan were made again, gets that plan before the step's
+decode runs (the decode waits one plan; the newcomer does not wait for it). The scheduler keeps only its own facts per stream (`_Scheduled`);
 the decoder owns the rows, the stream owns its request and channel.
 
 What each stream hears depends only on its own prompt, cache row, settings and random generator:
@@ -154,18 +156,28 @@ class BatchScheduler:
             self._waiting = [stream for stream in self._waiting if stream not in taken]
         self._carry_out(decision)
         stepping = [stream for stream in decision.step if stream in self._running]  # a failed prefill left
-        if stepping and decision.prefill and self._live_arrived(stepping):
-            return True  # a live stream came during this step's prefill: it goes before the background step
+        if stepping and decision.prefill and self._newcomer_goes_first(decision, stepping):
+            return True  # a live newcomer came during this step's prefill: plan again, so it steps first
         if stepping:
             self._decode(stepping)
         return not decision.idle
 
-    def _live_arrived(self, stepping: list[EngineStream]) -> bool:
-        """Whether only background streams were to step and a live stream is now waiting."""
-        if not all(stream.request.background for stream in stepping):
-            return False
+    def _newcomer_goes_first(self, decision: StepPlan[EngineStream], stepping: list[EngineStream]) -> bool:
+        """Whether a live stream arrived while this step prefilled and would step before `stepping` if the plan
+        were made now: before background streams always; before live ones under first-chunk priority, when
+        it has a row to join. A prefill can take a few hundred ms; the decode after it waits one plan."""
         with self._lock:
-            return any(not stream.request.background for stream in self._waiting)
+            arrived = [
+                stream
+                for stream in self._waiting
+                if not stream.request.background and stream not in decision.still_waiting
+            ]
+        if not arrived:
+            return False
+        if all(stream.request.background for stream in stepping):
+            return True
+        live_rows = sum(not stream.request.background for stream in self._running)
+        return self.limits.first_chunk_priority_steps > 0 and live_rows < self.limits.max_batch_size
 
     def _waiting_view(self, stream: EngineStream) -> StreamView[EngineStream]:
         cancelled = stream.request.cancel.is_set()
