@@ -5,8 +5,8 @@ between steps. A step asks the policy (`plan.plan`) what to do, carries the plan
 (leave, join, prefill, one batched forward pass for every stream that steps) and posts each stream's
 audio and events to its channel. A step's prefill can take a few hundred ms: a live newcomer that
 arrives meanwhile, and would step first if the plan were made again, gets that plan before the step's
-decode runs (the decode waits one plan; the newcomer does not wait for it). The scheduler keeps only its own facts per stream (`_Scheduled`);
-the decoder owns the rows, the stream owns its request and channel.
+decode runs (the decode waits one plan; the newcomer does not wait for it). The scheduler keeps only
+its own facts per stream (`_Scheduled`); the decoder owns the rows, the stream owns its request and channel.
 
 What each stream hears depends only on its own prompt, cache row, settings and random generator:
 the decoder guarantees that (tests/test_batching.py proves it); this module only decides who steps.
