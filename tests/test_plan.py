@@ -61,15 +61,22 @@ def test_a_newcomers_prompt_is_prefilled_whole_and_it_steps_at_once_even_while_o
     assert decision.step == ["new"]  # and it steps on its own (first-chunk priority)
 
 
-def test_the_chunk_goes_to_sentence_ends_then_look_ahead_after_newcomers_whole() -> None:
+def test_while_newcomers_take_their_first_steps_alone_the_others_prompts_wait_too() -> None:
     running = [
         playing("ended", prompt_left=10),
         playing("ahead", lookahead_left=40),
         StreamView("earlier", prompt_left=12),  # joined in an earlier step (its prompt not complete yet)
     ]
     decision = plan(running, [arriving("new", prompt=8)], BatchLimits(max_batch_size=4, prefill_chunk=32))
-    assert decision.prefill == [Prefill("earlier"), Prefill("new"), Prefill("ended", 10), Prefill("ahead", 22)]
+    assert decision.prefill == [Prefill("earlier"), Prefill("new")]  # whole, in arrival order
     assert set(decision.step) == {"earlier", "new"}  # complete now; newcomers take their first steps alone
+
+
+def test_the_chunk_goes_to_sentence_ends_then_look_ahead() -> None:
+    running = [playing("ended", prompt_left=10), playing("ahead", lookahead_left=40), playing("other")]
+    decision = plan(running, [], BatchLimits(max_batch_size=4, prefill_chunk=32))
+    assert decision.prefill == [Prefill("ended", 10), Prefill("ahead", 22)]
+    assert decision.step == ["ended", "ahead", "other"]
 
 
 def test_sentence_ends_share_the_chunk_in_batch_order() -> None:

@@ -23,7 +23,8 @@ The rules:
 - A stream with `buffer_seconds` of audio its reader has not taken pauses (it keeps its row).
 - Newcomers without their first audio step on their own, for at most `first_chunk_priority_steps`
   steps: a step of one row costs a third of a step of eight on a CPU, so a newcomer's first audio comes
-  nearly as fast as on an idle server while the others pause for about half a second.
+  nearly as fast as on an idle server while the others pause for about half a second. The others'
+  prompt chunks pause with them (a 32-position chunk costs about as much as a one-row step).
 - Background streams (a long-form job's sentences) get only what live speech leaves. Live streams are
   planned first, by the rules above, as if no background stream were there. A live stream that finds
   every row taken takes a background stream's row: the background stream that joined last (it has done
@@ -168,6 +169,9 @@ def _plan_rows(
     starting = [
         view for view in stepping if not view.has_audio and view.steps_before_audio < limits.first_chunk_priority_steps
     ]
+    if starting:  # newcomers take their first steps alone: the others' prompts wait with the others' steps
+        first = {view.key for view in starting}
+        prefill = [chunk for chunk in prefill if chunk.key in first]
     return _Rows(
         join=[view.key for view in joining],
         prefill=prefill,
