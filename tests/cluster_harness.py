@@ -34,6 +34,8 @@ class Cluster:
     process: subprocess.Popen[bytes]
     log_path: Path
     voices_dir: Path
+    data_dir: Path
+    """DATA_DIR, shared by every replica: the job store (jobs.sqlite3) and the jobs' files."""
     replicas: set[str] = field(default_factory=set)
 
     def log(self) -> str:
@@ -68,6 +70,7 @@ def run_cluster(folder: Path) -> Iterator[Cluster]:
         "HOST": "127.0.0.1",
         "PORT": str(port),
         "VOICES_DIR": str(folder / "voices"),
+        "DATA_DIR": str(folder / "data"),
         "REPLICAS": str(REPLICAS),
         "REPLICA_NUM_CPUS": "1",
         "MAX_CONCURRENT_REQUESTS": "4",
@@ -81,7 +84,7 @@ def run_cluster(folder: Path) -> Iterator[Cluster]:
         [sys.executable, "-m", "cluster"], cwd=REPO, env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
         start_new_session=True,
     )  # fmt: skip
-    running = Cluster(f"http://127.0.0.1:{port}", process, log_path, folder / "voices")
+    running = Cluster(f"http://127.0.0.1:{port}", process, log_path, folder / "voices", folder / "data")
     try:
         running.replicas = wait_for_replicas(running, REPLICAS)
         yield running

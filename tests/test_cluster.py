@@ -3,24 +3,28 @@ two replicas of the tiny model on a local Ray, through Serve's HTTP proxy on 127
 
 Serve routes each request to a replica of its choosing; every response names its replica (X-Replica),
 so a test that needs the other replica repeats a harmless request until the other one answers.
-The replica-killing test runs last: it changes the cluster. The cluster itself is started by
-tests/cluster_harness.py; the Serve configs are checked in test_cluster_config.py.
+The replica-killing tests run last: they change the cluster (each waits for Serve's replacement). The cluster
+itself is started by tests/cluster_harness.py; the Serve configs are checked in test_cluster_config.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
+from services.jobs.store import CLAIM_TIMEOUT_S
 from tests.audio_checks import assert_complete_wav, assert_pcm_wav
 from tests.cluster_harness import (
     LONG_TEXT,
@@ -264,6 +268,93 @@ def test_429_only_once_every_replica_is_full(cluster: Cluster) -> None:
             break
         time.sleep(0.3)
     assert not any(figures), figures
+
+
+STORY = "\n\n".join(f"Paragraph {n} of a story the cluster reads." for n in range(1, 25))  # 24 sentences
+
+
+def stored_job(cluster: Cluster, job_id: str) -> tuple[sqlite3.Row, dict[int, int]]:
+    """The job's row in the store the replicas share, and its finished sentences (index: samples)."""
+    with contextlib.closing(sqlite3.connect(cluster.data_dir / "jobs.sqlite3", timeout=30)) as db:
+        db.row_factory = sqlite3.Row
+        job = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        done = db.execute("SELECT idx, samples FROM sentences WHERE job_id = ? AND done = 1", (job_id,)).fetchall()
+    return job, {int(index): int(samples) for index, samples in done}
+
+
+def wait_until_dead(pid: int) -> None:
+    """Until the process is gone or a zombie: it writes nothing more."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return
+        if state in ("Z", "X"):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} still runs 10 s after SIGKILL")
+
+
+def test_a_job_whose_driving_replica_is_killed_is_finished_by_the_other_each_sentence_once(cluster: Cluster) -> None:
+    pids = {cluster.answered_by(lambda client: client.get("/health"), r).json()["pid"]: r for r in cluster.replicas}
+    job_audio_before = replica_figures(cluster, "xtts_job_audio_seconds_total")
+    with httpx.Client(base_url=cluster.url, timeout=60) as client:
+        submitted = client.post("/v1/jobs", json={**job_body(seed=13), "text": STORY})
+    assert submitted.status_code == 202, submitted.text
+    job_id = submitted.json()["id"]
+    deadline = time.monotonic() + 60
+    while len((stored := stored_job(cluster, job_id))[1]) < 2:  # a few sentences done, the next ones being spoken
+        assert time.monotonic() < deadline, dict(stored[0])
+        time.sleep(0.05)
+    driver = stored[0]["claimant"]  # <pid>@<host> of the replica driving the job
+    pid = int(driver.split("@")[0])
+    assert pid in pids, f"the job's claimant {driver} is none of the replicas {pids}"
+    victim = pids[pid]
+
+    os.kill(pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    wait_until_dead(pid)
+    total, done_at_kill = stored[0]["sentences_total"], stored_job(cluster, job_id)[1]
+    assert 2 <= len(done_at_kill) < total, "the kill did not land mid-job"
+
+    takeover_s: float | None = None
+    deadline = time.monotonic() + 120
+    while (row := stored_job(cluster, job_id)[0])["status"] in ("queued", "running"):
+        if takeover_s is None and row["claimant"] not in (None, driver):
+            takeover_s = time.monotonic() - killed_at
+        assert time.monotonic() < deadline, dict(row)
+        time.sleep(0.1)
+    job = httpx.get(f"{cluster.url}/v1/jobs/{job_id}", timeout=30).json()
+    assert job["status"] == "completed" and job["sentences_done"] == total, job
+    # Taken over because the driver's process is gone, not after its heartbeat went stale (CLAIM_TIMEOUT_S).
+    assert takeover_s is not None and takeover_s < CLAIM_TIMEOUT_S / 2, takeover_s
+
+    # Resumed at its first unfinished sentence: only the sentences not done at the kill were made again.
+    resumed = f"job {job_id}: resumed ({total - len(done_at_kill)} of {total} sentences left)"
+    deadline = time.monotonic() + 10  # Ray copies the replicas' logs to the cluster's every so often
+    while (lines := cluster.log().count(f"job {job_id}: resumed")) == 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert lines == 1 and resumed in cluster.log(), [line for line in cluster.log().splitlines() if job_id in line]
+    # Each of those made once: the other replicas' runners finished exactly their audio (a sentence made twice
+    # is counted twice there, though the store marks it done once).
+    _, done = stored_job(cluster, job_id)
+    made_after = sum(samples for index, samples in done.items() if index not in done_at_kill)
+    job_audio_after = replica_figures(cluster, "xtts_job_audio_seconds_total")
+    others = job_audio_after.keys() - {victim}
+    finished_by_others = sum(job_audio_after[replica] - job_audio_before.get(replica, 0.0) for replica in others)
+    assert finished_by_others == pytest.approx(made_after / 24000, abs=1e-3)
+
+    audio = httpx.get(f"{cluster.url}/v1/jobs/{job_id}/audio", timeout=60)
+    assert audio.status_code == 200, audio.text
+    samples = assert_complete_wav(audio.content)
+    assert samples.size == sum(done.values()) and job["duration_s"] == pytest.approx(samples.size / 24000, abs=1e-3)
+
+    # Serve replaces the killed replica; the test after this one needs two.
+    survivor = next(iter(cluster.replicas - {victim}))
+    replacements = wait_for_replicas(cluster, 1, not_in=cluster.replicas)
+    assert survivor in wait_for_replicas(cluster, REPLICAS, not_in={victim})
+    cluster.replicas = {survivor, *replacements}
 
 
 def test_a_replica_killed_mid_stream_fails_its_streams_only_and_is_replaced(cluster: Cluster) -> None:
