@@ -59,7 +59,7 @@ def test_a_prompt_prefilled_in_chunks_equals_one_pass(tiny_loaded: LoadedModel, 
         assert pending.positions == prompt_positions(tokens) == 14
         while pending.left:
             before = pending.left
-            pending.advance(gpt, lambda: prefix, chunk)
+            advance_together(gpt, [PrefillChunk(pending, lambda: prefix, chunk)])
             assert pending.left == max(before - chunk, 0)
         hidden, kv = pending.result()
     assert torch.allclose(hidden, whole_hidden, atol=1e-5)
@@ -133,7 +133,7 @@ def test_an_incomplete_prompt_has_no_result(tiny_loaded: LoadedModel) -> None:
     cond = torch.zeros(1, 32, gpt.gpt.config.n_embd)
     pending = PendingPrompt(0, sentence_prompt(gpt, cond, torch.ones(1, 5, dtype=torch.long)))
     with torch.inference_mode():
-        pending.advance(gpt, lambda: conditioning_prefix(gpt, cond), 2)
+        advance_together(gpt, [PrefillChunk(pending, lambda: conditioning_prefix(gpt, cond), 2)])
     with pytest.raises(AssertionError, match="not complete"):
         pending.result()
 

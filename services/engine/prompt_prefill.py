@@ -39,9 +39,23 @@ class PendingPrompt:
     def left(self) -> int:
         return self.positions - self.done
 
-    def advance(self, gpt: GPT, voice_prefix: Callable[[], PrefixKV], positions: int | None = None) -> None:
-        """Prefill the next `positions` positions (None: the rest)."""
-        advance_together(gpt, [PrefillChunk(self, voice_prefix, positions)])
+    def next_chunk(
+        self, gpt: GPT, voice_prefix: Callable[[], PrefixKV], positions: int | None
+    ) -> tuple[PromptCache, torch.Tensor, int] | None:
+        """Its cache (made on first ask, holding the voice's prefix), the embeddings [T, C] of its next `positions`
+        positions (None: the rest) and where they end; None when nothing is left."""
+        if self._cache is None:
+            prefix = voice_prefix()
+            self._cache = PromptCache(gpt, prefix, (prefix[0][0].shape[2] if prefix else 0) + self.positions)
+        stop = self.positions if positions is None else min(self.positions, self.done + positions)
+        if stop <= self.done:
+            return None
+        return self._cache, self.prompt.after_conditioning()[0, self.done : stop], stop
+
+    def prefilled_to(self, stop: int, hidden: torch.Tensor) -> None:
+        """Its positions up to `stop` are in its cache; `hidden` [1, C] is the last one's hidden state."""
+        self.done = stop
+        self._hidden = hidden
 
     def result(self) -> tuple[torch.Tensor, PrefixKV]:
         """The last position's hidden state [1, C] (before XTTS's final norm) and every position's keys and
@@ -61,23 +75,13 @@ class PrefillChunk:
 
 def advance_together(gpt: GPT, chunks: Sequence[PrefillChunk]) -> None:
     """Prefill each chunk's positions, all of them in one forward pass (batched_gpt.prefill_together)."""
-    work = []
-    for chunk in chunks:
-        pending = chunk.pending
-        if pending._cache is None:
-            prefix = chunk.voice_prefix()
-            capacity = (prefix[0][0].shape[2] if prefix else 0) + pending.positions
-            pending._cache = PromptCache(gpt, prefix, capacity)
-        stop = pending.positions if chunk.positions is None else min(pending.positions, pending.done + chunk.positions)
-        if stop > pending.done:
-            work.append((pending, stop))
+    work = [
+        (chunk.pending, next_chunk)
+        for chunk in chunks
+        if (next_chunk := chunk.pending.next_chunk(gpt, chunk.voice_prefix, chunk.positions)) is not None
+    ]
     if not work:
         return
-    hidden = prefill_together(
-        gpt,
-        [pending._cache for pending, _ in work],  # type: ignore[misc]
-        [pending.prompt.after_conditioning()[0, pending.done : stop] for pending, stop in work],
-    )
-    for (pending, stop), last in zip(work, hidden, strict=True):
-        pending._hidden = last
-        pending.done = stop
+    hidden = prefill_together(gpt, [cache for _, (cache, _, _) in work], [embeddings for _, (_, embeddings, _) in work])
+    for (pending, (_, _, stop)), last in zip(work, hidden, strict=True):
+        pending.prefilled_to(stop, last)
