@@ -96,7 +96,6 @@ class FakeDecoder:
 
     def prefill(self, chunks: Sequence[tuple[SynthesisRequest, int | None]]) -> None:
         seeds = [request.params.seed for request, _ in chunks]
-        self._engine.prefills.append(seeds)
         self._engine.calls.append(("prefill", seeds))
         if self._engine.fail_prefill_seed in seeds:
             raise RuntimeError("the fake prefill failed")
@@ -161,8 +160,6 @@ class FakeEngine:
         self.chunks_per_sentence = chunks_per_sentence
         self.fail_prefill_seed = fail_prefill_seed
         """A prefill that includes the stream with this seed raises (as a forward pass that failed)."""
-        self.prefills: list[list[int | None]] = []
-        """The seeds of the streams in each prefill call, call by call."""
         self.chunk_seconds = chunk_seconds
         self.chunk_delay_s = chunk_delay_s
         self.warm_up_s = warm_up_s
@@ -188,6 +185,11 @@ class FakeEngine:
         self.clones = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fake-model")
         self.scheduler = BatchScheduler(FakeDecoder(self), self.submit, limits or BatchLimits())
+
+    @property
+    def prefills(self) -> list[list[int | None]]:
+        """The seeds of the streams in each prefill call, call by call."""
+        return [seeds for kind, seeds in self.calls if kind == "prefill"]
 
     def normalize_latents(self, gpt_cond_latent: LatentValues, speaker_embedding: LatentValues) -> VoiceLatents:
         return normalize_latents(gpt_cond_latent, speaker_embedding, self.latent_dim, self.embedding_dim)

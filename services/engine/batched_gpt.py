@@ -118,15 +118,15 @@ class SlotKVCache:
 
 
 class PromptCache:
-    """One prompt's keys and values while it is prefilled: [1, heads, capacity, head_dim] per layer, allocated
-    once for the whole prompt (the voice's prefix copied in first), `length` positions filled."""
+    """One prompt's keys and values while it is prefilled: [1, heads, prefix + positions, head_dim] per layer,
+    allocated once for the whole prompt (the voice's prefix copied in first), `length` positions filled."""
 
-    def __init__(self, gpt: GPT, prefix: PrefixKV, capacity: int) -> None:
+    def __init__(self, gpt: GPT, prefix: PrefixKV, positions: int) -> None:
         transformer = gpt.gpt
         heads = transformer.config.n_head
         head_dim = transformer.config.n_embd // heads
         self.length = prefix[0][0].shape[2] if prefix else 0
-        shape = (1, heads, max(capacity, self.length), head_dim)
+        shape = (1, heads, self.length + positions, head_dim)
         device = transformer.ln_f.weight.device
         self.keys = [torch.empty(shape, dtype=transformer_dtype(gpt), device=device) for _ in transformer.h]
         self.values = [torch.empty_like(keys) for keys in self.keys]

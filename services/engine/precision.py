@@ -88,11 +88,11 @@ def apply_gpt_precision(
             from torch.ao.quantization import quantize_dynamic
 
             quantize_dynamic(transformer.h, {nn.Linear}, dtype=torch.qint8, inplace=True)
-        for index, block in enumerate(transformer.h):
+        for block in transformer.h:
             for owner in (block.attn, block.mlp):
                 for name, child in list(owner.named_children()):
                     if isinstance(child, DynamicQuantizedLinear):
-                        setattr(owner, name, RowwiseQuantizedLinear(child, wide.get((index, id(owner), name))))
+                        setattr(owner, name, RowwiseQuantizedLinear(child, wide.get((id(owner), name))))
         prefill = f"prompts prefilled with bfloat16 weights ({why})" if bf16_prefill else f"prompts in int8 ({why})"
         return KernelChoice(choice.kernel, f"{choice.reason}; {prefill}")
     dtype = _FLOAT_TYPES[precision]
@@ -117,11 +117,11 @@ def _auto_bf16_prefill() -> tuple[bool, str]:
     return False, "auto: no AMX bfloat16 here"
 
 
-def _bf16_copies(transformer: GPT2Model) -> dict[tuple[int, int, str], nn.Linear]:
-    """Each block's linear layers as they are before quantization, by (block, owner, name)."""
+def _bf16_copies(transformer: GPT2Model) -> dict[tuple[int, str], nn.Linear]:
+    """Each block's linear layers as they are before quantization, by (id of the module holding it, name)."""
     return {
-        (index, id(owner), name): child
-        for index, block in enumerate(transformer.h)
+        (id(owner), name): child
+        for block in transformer.h
         for owner in (block.attn, block.mlp)
         for name, child in owner.named_children()
         if isinstance(child, nn.Linear)

@@ -45,8 +45,7 @@ class PendingPrompt:
         """Its cache (made on first ask, holding the voice's prefix), the embeddings [T, C] of its next `positions`
         positions (None: the rest) and where they end; None when nothing is left."""
         if self._cache is None:
-            prefix = voice_prefix()
-            self._cache = PromptCache(gpt, prefix, (prefix[0][0].shape[2] if prefix else 0) + self.positions)
+            self._cache = PromptCache(gpt, voice_prefix(), self.positions)
         stop = self.positions if positions is None else min(self.positions, self.done + positions)
         if stop <= self.done:
             return None

@@ -213,15 +213,12 @@ class BatchScheduler:
 
     def _prefill(self, chunks: list[tuple[EngineStream, int | None]]) -> None:
         """The step's prefill chunks in one pass; if that fails, each alone, so only a prompt that fails alone fails."""
-        try:
-            self.decoder.prefill([(stream.request, positions) for stream, positions in chunks])
-            return
-        except Exception as error:
-            if len(chunks) == 1:
-                logger.exception("prefill failed")
-                self._fail(chunks[0][0], error)
+        if len(chunks) > 1:
+            try:
+                self.decoder.prefill([(stream.request, positions) for stream, positions in chunks])
                 return
-            logger.warning("a batched prefill of %d prompts failed; trying each alone", len(chunks), exc_info=True)
+            except Exception:
+                logger.warning("a batched prefill of %d prompts failed; trying each alone", len(chunks), exc_info=True)
         for stream, positions in chunks:
             try:
                 self.decoder.prefill([(stream.request, positions)])
